@@ -1,0 +1,50 @@
+# Fruits! image-feature pipeline. `make demo` and `make test` work on a fresh clone:
+# both create .venv when needed.
+SHELL := /bin/bash
+PYTHON_BASE ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Every process binds to loopback; the repo root and plugins/ are importable, as in Airflow.
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
+export PYSPARK_PYTHON := $(CURDIR)/$(PY)
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install test test-fast lint demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-jobs.txt constraints.txt
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+# The quick part of the suite: no Spark, no Airflow run.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+RAW ?=
+DATE ?=
+LAKE ?=
+WEIGHTS ?=
+demo: $(STAMP)
+	$(PY) -m fruits_pipeline.demo $(if $(RAW),--raw "$(RAW)") $(if $(DATE),--date "$(DATE)") \
+		$(if $(LAKE),--lake "$(LAKE)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .lake .demo build .pytest_cache .ruff_cache
