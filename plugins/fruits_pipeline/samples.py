@@ -1,0 +1,362 @@
+"""Image data the project generates itself, so tests and the demo run on a fresh clone.
+
+`make_synthetic_fruits` draws Fruits-360-like photos (one fruit on a white background) whose
+classes differ in hue and shape, so CNN features can separate them. `make_bad_input_corpus`
+writes the odd and broken files a real `raw/dt=D/` partition may hold, each with the outcome
+the pipeline must give it.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import re
+import struct
+import unicodedata
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import ExifTags, Image, ImageDraw
+
+Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Shape test on fruit-local coordinates (u right, v down, fruit within about [-1, 1])."""
+
+_SUPERSAMPLE = 2  # drawn at twice the size and averaged down, for smooth edges
+_BACKGROUND = 255.0
+
+
+def _round(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u**2 + v**2 <= 1
+
+
+def _apple_with_leaf(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A squat apple with a stem and a leaf on top."""
+    body = u**2 + ((v - 0.2) / 0.75) ** 2 <= 1
+    stem = (np.abs(u - 0.03) <= 0.07) & (v >= -1) & (v <= -0.55)
+    leaf = ((u - 0.32) / 0.3) ** 2 + ((v + 0.82) / 0.12) ** 2 <= 1
+    return body | stem | leaf
+
+
+def _oval(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u / 0.68) ** 2 + v**2 <= 1
+
+
+def _crescent(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u**2 + v**2 <= 1) & (u**2 + (v + 0.55) ** 2 > 0.85**2)
+
+
+def _lemon(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """An ellipse with a pointed tip at each end."""
+    return ((u / 0.8) ** 2 + (v / 0.52) ** 2 <= 1) | (np.abs(u) + np.abs(v) / 0.25 <= 1)
+
+
+def _lantern(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A husk: pointed at the top, widest two thirds down."""
+    depth = (v + 1) / 2
+    half_width = 2.0 * depth * np.sqrt(np.clip(1 - depth, 0, None))
+    return (np.abs(v) <= 1) & (np.abs(u) <= half_width)
+
+
+def _twin(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Two cherries side by side."""
+    return ((u + 0.45) ** 2 + (v - 0.3) ** 2 <= 0.25) | ((u - 0.45) ** 2 + (v - 0.3) ** 2 <= 0.25)
+
+
+_GRAPE_CENTRES = ((-0.6, -0.6), (0.0, -0.6), (0.6, -0.6), (-0.3, -0.1), (0.3, -0.1), (0.0, 0.4))
+
+
+def _cluster(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A bunch of grapes: an inverted triangle of berries."""
+    inside = np.zeros(u.shape, dtype=bool)
+    for cu, cv in _GRAPE_CENTRES:
+        inside |= (u - cu) ** 2 + (v - cv) ** 2 <= 0.33**2
+    return inside
+
+
+@dataclass(frozen=True)
+class FruitStyle:
+    """How one synthetic class looks: a base colour (HSV, 0..1) and a shape."""
+
+    label: str
+    hue: float
+    saturation: float
+    value: float
+    shape: Mask
+
+
+FRUIT_STYLES: tuple[FruitStyle, ...] = (
+    FruitStyle("Apple Braeburn", 0.98, 0.85, 0.80, _round),
+    FruitStyle("Banana", 0.165, 0.90, 0.95, _crescent),
+    FruitStyle("Pomme d'été", 0.26, 0.60, 0.80, _apple_with_leaf),
+    FruitStyle("Kiwi", 0.04, 0.65, 0.45, _oval),
+    FruitStyle("Lemon Meyer", 0.10, 0.80, 0.95, _lemon),
+    FruitStyle("Physalis with Husk", 0.09, 0.40, 0.85, _lantern),
+    FruitStyle("Cherry", 0.94, 0.90, 0.55, _twin),
+    FruitStyle("Grape Blue", 0.74, 0.60, 0.45, _cluster),
+)
+"""Synthetic classes in label order; any first three include a space and a non-ASCII letter."""
+
+
+def label_slug(label: str) -> str:
+    """ASCII file-name stem for a label: "Pomme d'été" -> "pomme_d_ete"."""
+    ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_label.lower()).strip("_")
+
+
+def _render_fruit(
+    style: FruitStyle, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one fruit with random jitter, rotation, scale and lighting.
+
+    Returns (premultiplied RGB as float 0..255, coverage 0..1), both `size` x `size`.
+    """
+    big = size * _SUPERSAMPLE
+    centre = big / 2 + rng.uniform(-0.06, 0.06, size=2) * big
+    radius = big * 0.42 * rng.uniform(0.8, 1.0)
+    angle = rng.uniform(-0.3, 0.3)  # radians; small, so elongated shapes keep their direction
+    y, x = np.mgrid[0:big, 0:big] + 0.5
+    dx, dy = (x - centre[0]) / radius, (y - centre[1]) / radius
+    u = np.cos(angle) * dx + np.sin(angle) * dy
+    v = -np.sin(angle) * dx + np.cos(angle) * dy
+
+    inside = style.shape(u, v).astype(float)
+    # Light from the upper left, as on a rounded surface.
+    shading = 0.55 + 0.5 * np.exp(-((u + 0.35) ** 2 + (v + 0.4) ** 2) / 0.7)
+    base = np.array(colorsys.hsv_to_rgb(style.hue, style.saturation, style.value)) * 255
+    colour = base * (shading * rng.uniform(0.85, 1.1))[..., None]
+    premultiplied = np.clip(colour, 0, 255) * inside[..., None]
+
+    def downsample(a: np.ndarray) -> np.ndarray:
+        return a.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, *a.shape[2:]).mean(axis=(1, 3))
+
+    return downsample(premultiplied), downsample(inside)
+
+
+def _fruit_on_white(style: FruitStyle, size: int, rng: np.random.Generator) -> Image.Image:
+    premultiplied, coverage = _render_fruit(style, size, rng)
+    noise = rng.normal(0, 4, size=premultiplied.shape) * coverage[..., None]
+    rgb = premultiplied + (1 - coverage[..., None]) * _BACKGROUND + noise
+    return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
+
+
+def _fruit_on_transparent(style: FruitStyle, size: int, rng: np.random.Generator) -> Image.Image:
+    premultiplied, coverage = _render_fruit(style, size, rng)
+    rgb = premultiplied / np.maximum(coverage, 1e-6)[..., None]
+    rgba = np.dstack([rgb, coverage * 255])
+    return Image.fromarray(np.clip(rgba, 0, 255).round().astype(np.uint8), "RGBA")
+
+
+def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def write_image(path: Path, image: Image.Image, fmt: str, **params: object) -> None:
+    """Save `image` as `fmt` (a Pillow format name), creating parent folders."""
+    _write_bytes(path, _encode(image, fmt, **params))
+
+
+def make_synthetic_fruits(
+    root: Path, *, n_classes: int = 6, per_class: int = 10, size: int = 100, seed: int = 0
+) -> dict[str, int]:
+    """Write `root/<Label>/<label-slug>_<i>.jpg` and return {label: images written}.
+
+    Each image draws from its own generator seeded by (seed, class, i), so the same seed gives
+    the same bytes, and asking for more images or classes leaves the earlier ones unchanged.
+    """
+    if not 1 <= n_classes <= len(FRUIT_STYLES):
+        raise ValueError(f"n_classes must be between 1 and {len(FRUIT_STYLES)}, got {n_classes}")
+    counts = {}
+    for class_index, style in enumerate(FRUIT_STYLES[:n_classes]):
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, class_index, i])
+            path = Path(root) / style.label / f"{label_slug(style.label)}_{i}.jpg"
+            write_image(path, _fruit_on_white(style, size, rng), "JPEG", quality=95)
+        counts[style.label] = per_class
+    return counts
+
+
+Outcome = Literal["processed", "error", "ignored"]
+
+
+@dataclass(frozen=True)
+class CorpusCase:
+    """One file of the bad-input corpus and what the pipeline must do with it.
+
+    `label` is the label folder the path implies (None for a file outside any label folder
+    and for ignored files); `reason_contains` is a lower-case part of the error reason.
+    """
+
+    relpath: str
+    expected: Outcome
+    label: str | None
+    reason_contains: str | None
+    note: str
+
+
+def _sample_fruit() -> Image.Image:
+    return _fruit_on_white(FRUIT_STYLES[0], 100, np.random.default_rng(0))
+
+
+def _smooth_large_photo() -> Image.Image:
+    """4000x3000 RGB: gradients compress to a small JPEG, yet decoding needs 36 MB."""
+    width, height = 4000, 3000
+    red = np.broadcast_to(np.linspace(40, 250, width), (height, width))
+    green = np.broadcast_to(np.linspace(60, 220, height)[:, None], (height, width))
+    blue = np.full((height, width), 120.0)
+    image = Image.fromarray(np.dstack([red, green, blue]).astype(np.uint8), "RGB")
+    ImageDraw.Draw(image).ellipse((1200, 700, 2800, 2300), fill=(200, 30, 40))
+    return image
+
+
+def _needs_exif_rotation() -> Image.Image:
+    """Landscape with a red block at the left, so a missed rotation is visible."""
+    image = Image.new("RGB", (160, 100), "white")
+    ImageDraw.Draw(image).rectangle((0, 0, 39, 99), fill=(220, 20, 20))
+    return image
+
+
+def _sixteen_bit_gradient() -> Image.Image:
+    """Mode I;16 spanning the whole 0..65535 range, which naive 8-bit conversion clips."""
+    row = np.linspace(0, 65535, 256).round().astype(np.uint16)
+    return Image.fromarray(np.tile(row, (64, 1)))
+
+
+def _palette_with_transparency() -> tuple[Image.Image, int]:
+    """Mode P image and the palette index of its (white) background."""
+    image = _sample_fruit().quantize(colors=64)
+    return image, image.getpixel((0, 0))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _decompression_bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG declaring `width` x `height` grey pixels, built without allocating them.
+
+    Above 2 * Image.MAX_IMAGE_PIXELS, so `Image.open` refuses it before decoding.
+    """
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    one_zero_row = zlib.compress(b"\x00" * (width + 1))  # filter byte + pixels
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", one_zero_row)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _label_folder(relpath: str) -> str | None:
+    folder, _, rest = relpath.partition("/")
+    return folder if rest else None
+
+
+def _processed(relpath: str, note: str) -> CorpusCase:
+    return CorpusCase(relpath, "processed", _label_folder(relpath), None, note)
+
+
+def _error(relpath: str, reason_contains: str, note: str) -> CorpusCase:
+    return CorpusCase(relpath, "error", _label_folder(relpath), reason_contains, note)
+
+
+def _ignored(relpath: str, note: str) -> CorpusCase:
+    return CorpusCase(relpath, "ignored", None, None, note)
+
+
+def make_bad_input_corpus(root: Path) -> list[CorpusCase]:
+    """Write odd and broken inputs under `root` (a `raw/dt=D/` folder) and describe each.
+
+    Label folders use a space, non-ASCII letters and quotes; file names use upper-case
+    extensions and the hidden-file prefixes that Spark skips ("." and "_").
+    """
+    fruit = _sample_fruit()
+    fruit_jpeg = _encode(fruit, "JPEG", quality=95)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    palette, background_index = _palette_with_transparency()
+
+    files = [
+        (_error("Apple Braeburn/zero_bytes.jpg", "empty", "0-byte file"), b""),
+        (
+            _error(
+                "Apple Braeburn/truncated.jpg",
+                "truncated",
+                "valid JPEG cut to half its bytes: the header opens, decoding fails",
+            ),
+            fruit_jpeg[: len(fruit_jpeg) // 2],
+        ),
+        (
+            _error("Apple Braeburn/not_an_image.jpg", "not an image", "UTF-8 text, .jpg name"),
+            b"Ceci n'est pas une pomme.\n",
+        ),
+        (_processed("Banana/png_named.jpg", "PNG bytes with a .jpg name"), _encode(fruit, "PNG")),
+        (_processed("Banana/cmyk.jpg", "CMYK JPEG"), _encode(fruit.convert("CMYK"), "JPEG")),
+        (_processed("Banana/grayscale.jpg", "mode L JPEG"), _encode(fruit.convert("L"), "JPEG")),
+        (
+            _processed("Banana/sixteen_bit.png", "16-bit grey PNG (I;16), gradient 0..65535"),
+            _encode(_sixteen_bit_gradient(), "PNG"),
+        ),
+        (
+            _processed("Banana/rgba.png", "RGBA with a transparent background"),
+            _encode(_fruit_on_transparent(FRUIT_STYLES[1], 100, np.random.default_rng(0)), "PNG"),
+        ),
+        (
+            _processed("Banana/palette.png", "mode P with a transparent palette index"),
+            _encode(palette, "PNG", transparency=background_index),
+        ),
+        (_processed("Banana/UPPER_CASE.JPG", "upper-case extension"), fruit_jpeg),
+        (_processed("Banana/mixed_case.JpEg", "mixed-case .jpeg extension"), fruit_jpeg),
+        (_processed("Banana/upper.PNG", "upper-case .PNG extension"), _encode(fruit, "PNG")),
+        (
+            _processed(
+                "Pomme d'été/large_4000px.jpg",
+                "4000x3000 RGB JPEG under a non-ASCII label with an apostrophe",
+            ),
+            _encode(_smooth_large_photo(), "JPEG", quality=90),
+        ),
+        (
+            _processed("Pomme d'été/exif_rotated.jpg", "EXIF Orientation 6, asymmetric"),
+            _encode(_needs_exif_rotation(), "JPEG", quality=95, exif=exif),
+        ),
+        (
+            _processed('Label "quoted" & more/quoted.jpg', "label with quotes and an ampersand"),
+            fruit_jpeg,
+        ),
+        (
+            _error(
+                "Banana/decompression_bomb.png",
+                "decompression bomb",
+                "tiny PNG declaring 40000x40000 pixels",
+            ),
+            _decompression_bomb_png(),
+        ),
+        (_ignored("Banana/notes.txt", "text file"), b"picked 2024-06-01\n"),
+        (_ignored("Banana/picture.gif", "a real GIF: not .jpg/.png"), _encode(fruit, "GIF")),
+        (_ignored("Banana/data.csv", "CSV file"), b"label,count\nBanana,1\n"),
+        (_ignored("Banana/.hidden.jpg", "hidden file ('.' prefix)"), fruit_jpeg),
+        (_ignored("Banana/_underscore.jpg", "hidden file ('_' prefix)"), fruit_jpeg),
+        (_ignored(".hidden_dir/x.jpg", "inside a hidden folder"), fruit_jpeg),
+        (
+            _error("orphan_no_label.jpg", "no label folder", "valid image directly under root"),
+            fruit_jpeg,
+        ),
+    ]
+    for case, data in files:
+        _write_bytes(Path(root) / case.relpath, data)
+    return [case for case, _ in files]
+
+
+def IMAGE_CASES_FOUND(cases: Iterable[CorpusCase]) -> int:
+    """Images the pipeline should find: processed plus errors, not ignored files."""
+    return sum(case.expected != "ignored" for case in cases)

@@ -1,0 +1,205 @@
+"""Featurize: every image under --input becomes one 1280-d MobileNetV2 vector, or an error row.
+
+    python -m spark_jobs.featurize --input ROOT --output URI --errors URI --weights W
+    spark-submit --py-files spark_jobs.zip spark_jobs/featurize.py --input ... (the EMR form)
+
+--output gets Parquet (path, label, features list<float32> of 1280) and `_featurize.json`: the
+weights used (path, sha256), counts and timings. --errors gets Parquet (path, label, error).
+A bad file never stops the job; rerunning with the same outputs replaces them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+
+from spark_jobs import inputs
+from spark_jobs.images import BadImage, load_model_input
+from spark_jobs.model import FEATURE_DIM, cached_featurizer
+
+FEATURIZE_MANIFEST = "_featurize.json"
+OUTCOME_SCHEMA = "path string, label string, features array<float>, error string"
+DEFAULT_BATCH_SIZE = 32
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="featurize", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="folder or URI of <Label>/<file> images")
+    parser.add_argument("--output", required=True, help="Parquet: path, label, features")
+    parser.add_argument("--errors", required=True, help="Parquet: path, label, error")
+    parser.add_argument(
+        "--weights", required=True, help="imagenet | random | local path or s3:// URI (.weights.h5)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model call"
+    )
+    parser.add_argument("--master", help="Spark master when not run by spark-submit")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, not {args.batch_size}")
+    return args
+
+
+def outcome_rows(
+    paths: list[str], contents: list[bytes], root: str, featurize_batch
+) -> pd.DataFrame:
+    """Decode one batch of files and run the model on the good ones; bad ones get a reason.
+
+    Pure over pandas and numpy: `featurize_batch` maps (n, 224, 224, 3) to (n, 1280).
+    """
+    labels: list[str | None] = []
+    errors: list[str | None] = []
+    arrays: list[np.ndarray] = []
+    good: list[int] = []
+    for index, (path, content) in enumerate(zip(paths, contents, strict=True)):
+        try:
+            label = inputs.label_for(path, root)
+        except inputs.NoLabelFolder as exc:
+            labels.append(None)
+            errors.append(str(exc))
+            continue
+        labels.append(label)
+        try:
+            arrays.append(load_model_input(content))
+        except BadImage as exc:
+            errors.append(str(exc))
+            continue
+        errors.append(None)
+        good.append(index)
+    features: list[np.ndarray | None] = [None] * len(paths)
+    if arrays:
+        vectors = featurize_batch(np.stack(arrays))
+        for index, vector in zip(good, vectors, strict=True):
+            features[index] = vector.astype(np.float32)
+    return pd.DataFrame(
+        {
+            "path": [inputs.display_path(p) for p in paths],
+            "label": labels,
+            "features": features,
+            "error": errors,
+        }
+    )
+
+
+def featurize_partition(
+    batches: Iterator[pd.DataFrame], *, root: str, model_key: str, flatbuffer
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: one cached TFLite interpreter per Python worker, threads = task CPUs."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    threads = context.cpus() if context is not None else 1
+    featurizer = cached_featurizer(model_key, lambda: flatbuffer.value, threads)
+    for batch in batches:
+        yield outcome_rows(list(batch["path"]), list(batch["content"]), root, featurizer)
+
+
+def read_images(spark, root: str):
+    """(path, content) of every image below `root`, recursively; other files are not read."""
+    from spark_jobs import storage
+
+    if not storage.exists(spark, root):
+        raise FileNotFoundError(f"--input {root}: no such folder")
+    return (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", inputs.IMAGE_NAME_GLOB)
+        .load(root)
+        .select("path", "content")
+    )
+
+
+def featurize(spark, images, *, root: str, model_key: str, flatbuffer: bytes):
+    """(path, content) rows -> (path, label, features, error) rows."""
+    shipped = spark.sparkContext.broadcast(flatbuffer)
+
+    def run(batches):
+        return featurize_partition(batches, root=root, model_key=model_key, flatbuffer=shipped)
+
+    return images.mapInPandas(run, OUTCOME_SCHEMA)
+
+
+def write_outputs(outcomes, output: str, errors: str) -> dict[str, int]:
+    """Write features and errors (replacing earlier ones) from one pass over the images."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    outcomes = outcomes.persist(StorageLevel.DISK_ONLY)
+    try:
+        counts = dict(
+            outcomes.groupBy(F.col("error").isNull().alias("ok")).count().collect()
+        )
+        (
+            outcomes.where(F.col("error").isNull())
+            .select("path", "label", "features")
+            .write.mode("overwrite")
+            .parquet(output)
+        )
+        (
+            outcomes.where(F.col("error").isNotNull())
+            .select("path", "label", "error")
+            .coalesce(1)
+            .write.mode("overwrite")
+            .parquet(errors)
+        )
+    finally:
+        outcomes.unpersist()
+    featurized, failed = counts.get(True, 0), counts.get(False, 0)
+    return {"images_found": featurized + failed, "featurized": featurized, "errors": failed}
+
+
+def run(spark, args: argparse.Namespace) -> dict:
+    from spark_jobs import model, storage
+
+    started = time.time()
+    weights = model.resolve_weights(
+        args.weights, fetch=lambda uri, local: storage.copy_to_local(spark, uri, local)
+    )
+    flatbuffer = model.tflite_model(weights)
+    model_ready = time.time()
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size))
+    root = storage.qualified(spark, args.input)
+    outcomes = featurize(
+        spark, read_images(spark, root), root=root, model_key=weights.cache_key,
+        flatbuffer=flatbuffer,
+    )
+    counts = write_outputs(outcomes, args.output, args.errors)
+    finished = time.time()
+    manifest = {
+        "input": args.input,
+        "output": args.output,
+        "errors_output": args.errors,
+        "weights": weights.as_record(),
+        "feature_dim": FEATURE_DIM,
+        **counts,
+        "timings_s": {
+            "model": round(model_ready - started, 3),
+            "featurize_and_write": round(finished - model_ready, 3),
+            "total": round(finished - started, 3),
+        },
+    }
+    storage.write_json(spark, f"{args.output.rstrip('/')}/{FEATURIZE_MANIFEST}", manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spark_jobs.session import spark_session
+
+    args = parse_args(argv)
+    spark = spark_session("fruits-featurize", args.master)
+    try:
+        manifest = run(spark, args)
+    finally:
+        spark.stop()
+    print(json.dumps({k: manifest[k] for k in ("images_found", "featurized", "errors")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

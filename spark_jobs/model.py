@@ -1,0 +1,199 @@
+"""Model loading: the one place that turns a weights choice into MobileNetV2 features.
+
+The driver resolves the weights, builds the Keras model once and converts it to a TensorFlow Lite
+flatbuffer; executors receive those bytes and run them with `tf.lite.Interpreter` (XNNPACK),
+one interpreter per Python worker, cached across tasks and batches. TFLite runs this model about
+3.5x faster than Keras `predict_on_batch` on CPU with features within 1e-4 of Keras (measured in
+`make bench`), and building the model once on the driver gives every executor the same weights,
+random ones included.
+
+TensorFlow is imported inside functions only: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+FEATURE_DIM = 1280
+INPUT_SHAPE = (224, 224, 3)
+RANDOM_WEIGHTS_SEED = 0
+IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS_ALTERNATIVES = (
+    "a local path or s3:// URI of a Keras .weights.h5 file of MobileNetV2 (alpha 1.0, 224, no "
+    "top), for example ../shared/models/mobilenet_v2_1.0_224_imagenet_notop.weights.h5, or "
+    "'random' for random weights (smoke tests only: the features mean nothing)"
+)
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights asked for cannot be had; the message names the alternatives."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights a run actually used, recorded with its output."""
+
+    source: str  # as asked: imagenet | random | a path | a URI
+    path: str | None  # the local file loaded; None for random weights
+    sha256: str | None
+
+    def as_record(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    @property
+    def cache_key(self) -> str:
+        digest = self.sha256 or f"random-seed{RANDOM_WEIGHTS_SEED}"
+        return digest[:24]
+
+
+def file_sha256(path: str | Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def resolve_weights(source: str, fetch: Callable[[str, str], None] | None = None) -> Weights:
+    """Find the weights file for `source`; `fetch(uri, local_path)` copies a remote file.
+
+    Only an explicit `random` gives random weights: a missing file or a failed ImageNet download
+    is an error, never a silent fallback.
+    """
+    if source == "random":
+        return Weights(source, None, None)
+    if source == "imagenet":
+        path = _download_imagenet_weights()
+    elif "://" in source:
+        if fetch is None:
+            raise WeightsUnavailable(f"--weights {source}: no way to fetch remote weights here")
+        path = os.path.join(tempfile.mkdtemp(prefix="fruits-weights-"), Path(source).name)
+        try:
+            fetch(source, path)
+        except Exception as exc:
+            raise WeightsUnavailable(f"--weights {source}: cannot fetch it: {exc}") from exc
+    else:
+        path = source
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(
+            f"--weights {source}: no such file. Give {WEIGHTS_ALTERNATIVES}, or 'imagenet'."
+        )
+    if not path.endswith(".h5"):
+        raise WeightsUnavailable(f"--weights {source}: expected a Keras .weights.h5 (or .h5) file")
+    return Weights(source, str(path), file_sha256(path))
+
+
+def _download_imagenet_weights() -> str:
+    """The ImageNet weights from Keras's cache, downloading them as Keras itself would."""
+    import keras
+    from keras.src.applications.mobilenet_v2 import BASE_WEIGHT_PATH
+
+    try:
+        return keras.utils.get_file(
+            IMAGENET_FILE, BASE_WEIGHT_PATH + IMAGENET_FILE, cache_subdir="models"
+        )
+    except Exception as exc:
+        raise WeightsUnavailable(
+            f"--weights imagenet: the ImageNet weights are not in Keras's cache and cannot be "
+            f"downloaded ({type(exc).__name__}: {exc}). Give {WEIGHTS_ALTERNATIVES}."
+        ) from exc
+
+
+def build_keras_model(weights: Weights):
+    """Plain Keras MobileNetV2 without its top, global average pooling: 1280 features."""
+    import keras
+
+    if weights.path is None:
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    model = keras.applications.MobileNetV2(
+        input_shape=INPUT_SHAPE, include_top=False, weights=None, pooling="avg"
+    )
+    if weights.path is not None:
+        try:
+            model.load_weights(weights.path)
+        except Exception as exc:
+            raise WeightsUnavailable(
+                f"--weights {weights.source}: not MobileNetV2 (alpha 1.0, 224, no top) "
+                f"weights: {type(exc).__name__}: {exc}"
+            ) from exc
+    return model
+
+
+def tflite_model(weights: Weights, cache_dir: str | None = None) -> bytes:
+    """The TFLite flatbuffer of the model, converted once and cached on local disk.
+
+    The cache key holds the weights' digest and the TensorFlow version, so a change of either
+    converts again.
+    """
+    import tensorflow as tf
+
+    cache = Path(cache_dir or os.environ.get("FRUITS_MODEL_CACHE") or _default_cache_dir())
+    cached = cache / f"mobilenet_v2-{weights.cache_key}-tf{tf.__version__}.tflite"
+    if cached.is_file():
+        return cached.read_bytes()
+    converter = tf.lite.TFLiteConverter.from_keras_model(build_keras_model(weights))
+    flatbuffer = converter.convert()
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    partial.write_bytes(flatbuffer)
+    os.replace(partial, cached)
+    return flatbuffer
+
+
+def _default_cache_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "fruits-features")
+
+
+def limit_tensorflow_threads(threads: int) -> None:
+    """Size TensorFlow's pools before it is imported: by default every worker takes all cores."""
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
+
+
+class Featurizer:
+    """A TFLite interpreter of the model: float32 (n, 224, 224, 3) in, (n, 1280) out."""
+
+    def __init__(self, flatbuffer: bytes, threads: int):
+        limit_tensorflow_threads(threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            import tensorflow as tf
+
+            self._interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch = 0
+        self.threads = threads
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        if len(batch) != self._batch:
+            self._interpreter.resize_tensor_input(self._input, [len(batch), *INPUT_SHAPE])
+            self._interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self._interpreter.set_tensor(self._input, np.ascontiguousarray(batch, np.float32))
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()
+
+
+_featurizers: dict[tuple[str, int], Featurizer] = {}
+_featurizers_lock = threading.Lock()
+
+
+def cached_featurizer(key: str, flatbuffer: Callable[[], bytes], threads: int) -> Featurizer:
+    """One Featurizer per Python worker and model: Spark reuses workers across tasks."""
+    with _featurizers_lock:
+        featurizer = _featurizers.get((key, threads))
+        if featurizer is None:
+            featurizer = _featurizers[(key, threads)] = Featurizer(flatbuffer(), threads)
+        return featurizer
