@@ -125,33 +125,47 @@ def featurize(spark, images, *, root: str, model_key: str, flatbuffer: bytes):
     return images.mapInPandas(run, OUTCOME_SCHEMA)
 
 
-def write_outputs(outcomes, output: str, errors: str) -> dict[str, int]:
+def unread_rows(listed: list[str], read: set[str], root: str) -> list[tuple]:
+    """Error rows for files Spark listed but never read: it drops empty files from its scans.
+
+    Without these rows a zero-byte upload would vanish without a trace.
+    """
+    rows = []
+    for path in sorted(set(listed) - read):
+        try:
+            label = inputs.label_for(path, root)
+        except inputs.NoLabelFolder:
+            label = None
+        rows.append((path, label, None, "empty file (0 bytes)"))
+    return rows
+
+
+def write_outputs(spark, outcomes, listed: list[str], root: str, output: str, errors: str):
     """Write features and errors (replacing earlier ones) from one pass over the images."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     outcomes = outcomes.persist(StorageLevel.DISK_ONLY)
     try:
-        counts = dict(
-            outcomes.groupBy(F.col("error").isNull().alias("ok")).count().collect()
-        )
+        read = {row.path for row in outcomes.select("path").toLocalIterator()}
+        unread = spark.createDataFrame(unread_rows(listed, read, root), OUTCOME_SCHEMA)
         (
             outcomes.where(F.col("error").isNull())
             .select("path", "label", "features")
             .write.mode("overwrite")
             .parquet(output)
         )
-        (
-            outcomes.where(F.col("error").isNotNull())
-            .select("path", "label", "error")
-            .coalesce(1)
-            .write.mode("overwrite")
-            .parquet(errors)
-        )
+        failed = outcomes.where(F.col("error").isNotNull()).unionByName(unread)
+        failed.select("path", "label", "error").coalesce(1).write.mode("overwrite").parquet(errors)
+        featurized = len(read) - outcomes.where(F.col("error").isNotNull()).count()
     finally:
         outcomes.unpersist()
-    featurized, failed = counts.get(True, 0), counts.get(False, 0)
-    return {"images_found": featurized + failed, "featurized": featurized, "errors": failed}
+    error_count = len(read) - featurized + unread.count()
+    return {
+        "images_found": featurized + error_count,
+        "featurized": featurized,
+        "errors": error_count,
+    }
 
 
 def run(spark, args: argparse.Namespace) -> dict:
@@ -165,11 +179,12 @@ def run(spark, args: argparse.Namespace) -> dict:
     model_ready = time.time()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size))
     root = storage.qualified(spark, args.input)
+    images = read_images(spark, root)
+    listed = [inputs.display_path(path) for path in images.inputFiles()]
     outcomes = featurize(
-        spark, read_images(spark, root), root=root, model_key=weights.cache_key,
-        flatbuffer=flatbuffer,
+        spark, images, root=root, model_key=weights.cache_key, flatbuffer=flatbuffer
     )
-    counts = write_outputs(outcomes, args.output, args.errors)
+    counts = write_outputs(spark, outcomes, listed, root, args.output, args.errors)
     finished = time.time()
     manifest = {
         "input": args.input,

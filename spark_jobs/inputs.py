@@ -23,7 +23,11 @@ def is_hidden_name(name: str) -> bool:
     """Hadoop's hidden-file rule, which Spark's file listing applies to every file and folder.
 
     Spark skips these silently, so we call them ignored everywhere, on purpose and documented.
+    Like Spark (`HadoopFSUtils.shouldFilterOutPathName`), names starting with `_metadata` or
+    `_common_metadata` (Parquet's summary files) are listed, not hidden.
     """
+    if name.startswith(("_metadata", "_common_metadata")):
+        return False
     return (
         name.startswith(".")
         or (name.startswith("_") and "=" not in name)
@@ -50,11 +54,15 @@ def uri_path(uri: str) -> str:
 
 
 def display_path(uri: str) -> str:
-    """A URI with its path decoded: what people see in their file browser or S3 console."""
+    """A URI with its path decoded, in one spelling (`file:///a%20b` -> `file:/a b`).
+
+    What people see in a file browser or the S3 console, and a key that compares the paths
+    Spark's scans report with those its file listing reports.
+    """
     parts = urlsplit(uri)
     if not parts.scheme:
         return uri
-    authority = f"//{parts.netloc}" if parts.netloc or "://" in uri else ""
+    authority = f"//{parts.netloc}" if parts.netloc else ""
     return f"{parts.scheme}:{authority}{unquote(parts.path)}"
 
 
@@ -65,7 +73,10 @@ def label_for(image_uri: str, root: str) -> str:
     """
     image_path = uri_path(image_uri)
     root_path = uri_path(root)
-    if not image_path.startswith(root_path + "/"):
+    image_host, root_host = urlsplit(image_uri).netloc, urlsplit(root).netloc
+    if not image_path.startswith(root_path + "/") or (
+        image_host and root_host and image_host != root_host
+    ):
         raise NoLabelFolder(f"{display_path(image_uri)} is not below the input root {root}")
     relative = image_path[len(root_path) + 1 :]
     if "/" not in relative:

@@ -1,0 +1,130 @@
+"""Layout of the data lake: the one place that builds lake paths.
+
+A lake root is an S3 URI (``s3://bucket/prefix``; ``s3a://`` for Spark outside EMR) or an
+absolute local folder. Every dataset is partitioned by day as ``<dataset>/dt=YYYY-MM-DD``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+
+S3_SCHEMES = ("s3://", "s3a://")
+# AWS bucket naming rules: 3-63 characters, lower-case letters, digits, dots and hyphens.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_DIGEST = re.compile(r"[0-9a-f]+")
+
+
+def _split(location: str) -> tuple[str, tuple[str, ...]]:
+    """Return (store, path segments) of a location; store is ``s3://<bucket>`` or ``/``.
+
+    ``s3a://`` is the same store as ``s3://``: both name the same objects.
+    """
+    if not location:
+        raise ValueError("location is empty")
+    scheme = next((s for s in S3_SCHEMES if location.startswith(s)), None)
+    if scheme is not None:
+        bucket, _, key = location[len(scheme) :].partition("/")
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise ValueError(f"{location!r} does not name a valid S3 bucket (got {bucket!r})")
+        store, path = f"s3://{bucket}", key
+    elif location.startswith("/"):
+        store, path = "/", location[1:]
+    else:
+        raise ValueError(
+            f"{location!r} is neither an absolute local path nor an s3:// or s3a:// URI"
+        )
+    segments = tuple(path.rstrip("/").split("/")) if path.rstrip("/") else ()
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise ValueError(f"{location!r} has an empty, '.' or '..' path segment")
+    return store, segments
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root and the paths of every dataset in it; trailing slashes are dropped."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        store, segments = _split(self.root)
+        if store == "/" and not segments:
+            raise ValueError("the lake root cannot be the filesystem root '/'")
+        object.__setattr__(self, "root", self.root.rstrip("/"))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith(S3_SCHEMES)
+
+    @property
+    def bucket(self) -> str:
+        return self._s3_store()[len("s3://") :]
+
+    @property
+    def key_prefix(self) -> str:
+        """Key of the root inside the bucket, without a trailing slash ('' at bucket root)."""
+        self._s3_store()
+        return "/".join(_split(self.root)[1])
+
+    def is_within(self, uri: str) -> bool:
+        """True when ``uri`` is this root or below it; malformed URIs are never within."""
+        try:
+            store, segments = _split(uri)
+        except ValueError:
+            return False
+        root_store, root_segments = _split(self.root)
+        return store == root_store and segments[: len(root_segments)] == root_segments
+
+    def s3_key(self, uri: str) -> str:
+        """Object key of a URI inside this S3 lake, as boto3 wants it."""
+        self._s3_store()
+        if not self.is_within(uri):
+            raise ValueError(f"{uri!r} is outside the lake {self.root!r}")
+        return "/".join(_split(uri)[1])
+
+    def raw(self, dt: date) -> str:
+        return self._partition("raw", dt)
+
+    def features(self, dt: date) -> str:
+        return self._partition("features", dt)
+
+    def errors(self, dt: date) -> str:
+        return self._partition("errors", dt)
+
+    def reduced(self, dt: date) -> str:
+        return self._partition("reduced", dt)
+
+    def pca_model(self, dt: date) -> str:
+        return self._partition("models/pca", dt)
+
+    def report(self, dt: date) -> str:
+        return self._partition("reports", dt)
+
+    def manifest(self, dt: date) -> str:
+        return f"{self.report(dt)}/manifest.json"
+
+    def success_marker(self, dt: date) -> str:
+        return f"{self.report(dt)}/_SUCCESS"
+
+    def artifacts(self, digest: str) -> str:
+        """Folder of the staged code whose content digest is ``digest``."""
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError(f"artifact digest must be lower-case hex, got {digest!r}")
+        return f"{self.root}/artifacts/{digest}"
+
+    def emr_logs(self) -> str:
+        """EMR LogUri: a prefix, hence the trailing slash."""
+        return f"{self.root}/logs/emr/"
+
+    def _partition(self, dataset: str, dt: date) -> str:
+        # A datetime is a date too, but its isoformat() would put a time in the path.
+        if not isinstance(dt, date) or isinstance(dt, datetime):
+            raise TypeError(f"partition must be a datetime.date, got {dt!r}")
+        return f"{self.root}/{dataset}/dt={dt.isoformat()}"
+
+    def _s3_store(self) -> str:
+        if not self.is_s3:
+            raise ValueError(f"the lake {self.root!r} is a local folder, not S3")
+        return _split(self.root)[0]

@@ -1,0 +1,64 @@
+"""Command lines of the two Spark jobs, shared by the EMR and the local backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+
+from fruits_pipeline.lake import Lake
+
+FEATURIZE_SCRIPT = "featurize.py"
+PCA_SCRIPT = "pca.py"
+
+
+def featurize_args(lake: Lake, dt: date, weights: str) -> list[str]:
+    """Arguments of ``spark_jobs/featurize.py``: images in, feature vectors and failures out."""
+    return [
+        "--input", lake.raw(dt),
+        "--output", lake.features(dt),
+        "--errors", lake.errors(dt),
+        "--weights", weights,
+    ]  # fmt: skip
+
+
+def pca_args(
+    lake: Lake, dt: date, *, variance: float | None = None, k: int | None = None
+) -> list[str]:
+    """Arguments of ``spark_jobs/pca.py``; exactly one of ``variance`` and ``k`` sizes the PCA."""
+    if (variance is None) == (k is None):
+        raise ValueError(f"give exactly one of variance or k, got variance={variance!r}, k={k!r}")
+    size = ["--variance", str(variance)] if k is None else ["--k", str(k)]
+    return [
+        "--input", lake.features(dt),
+        "--output", lake.reduced(dt),
+        "--model", lake.pca_model(dt),
+        "--report", lake.report(dt),
+        *size,
+    ]  # fmt: skip
+
+
+def spark_submit_args(
+    entry_script: str,
+    py_files: str,
+    job_args: list[str],
+    *,
+    deploy_mode: str | None = None,
+    conf: Mapping[str, str] | None = None,
+) -> list[str]:
+    """A ``spark-submit`` command line; pass the master as ``conf={"spark.master": ...}``."""
+    command = ["spark-submit"]
+    if deploy_mode is not None:
+        command += ["--deploy-mode", deploy_mode]
+    for key, value in (conf or {}).items():
+        command += ["--conf", f"{key}={value}"]
+    return [*command, "--py-files", py_files, entry_script, *job_args]
+
+
+def emr_step(name: str, args: list[str]) -> dict:
+    """One entry of EMR ``Steps``; a failure cancels the later steps and keeps the cluster
+    for the teardown task to terminate (and for the logs)."""
+    return {
+        "Name": name,
+        "ActionOnFailure": "CANCEL_AND_WAIT",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": list(args)},
+    }

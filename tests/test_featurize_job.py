@@ -1,0 +1,137 @@
+"""The featurize job on local Spark: synthetic fruits plus the bad-input corpus, random weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
+from spark_jobs import featurize
+from spark_jobs.images import load_model_input
+from spark_jobs.model import FEATURE_DIM, Weights, WeightsUnavailable, build_keras_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def partition(tmp_path_factory) -> tuple[Path, set[str], list]:
+    """A date partition: 12 synthetic fruits, then the corpus of odd and broken files."""
+    root = tmp_path_factory.mktemp("lake") / "raw" / "dt=2026-11-20"
+    make_synthetic_fruits(root, n_classes=3, per_class=4, seed=1)
+    synthetic = {str(p.relative_to(root)) for p in root.rglob("*.jpg")}
+    cases = make_bad_input_corpus(root)
+    return root, synthetic, cases
+
+
+def run_job(spark, root: Path, out: Path, weights: str = "random") -> dict:
+    args = featurize.parse_args(
+        ["--input", str(root), "--output", str(out / "features"), "--errors",
+         str(out / "errors"), "--weights", weights, "--batch-size", "8"]
+    )
+    return featurize.run(spark, args)
+
+
+@pytest.fixture(scope="module")
+def outputs(spark, partition, tmp_path_factory):
+    root, _, _ = partition
+    out = tmp_path_factory.mktemp("out")
+    manifest = run_job(spark, root, out)
+    features = pq.read_table(out / "features").to_pandas()
+    errors = pq.read_table(out / "errors").to_pandas()
+    return out, manifest, features, errors
+
+
+def relative(path: str, root: Path) -> str:
+    return path.split(str(root) + "/", 1)[1]
+
+
+def test_every_image_is_featurized_or_recorded_and_nothing_else(partition, outputs):
+    root, synthetic, cases = partition
+    _, manifest, features, errors = outputs
+    expected_processed = synthetic | {c.relpath for c in cases if c.expected == "processed"}
+    expected_errors = {c.relpath for c in cases if c.expected == "error"}
+    assert {relative(p, root) for p in features["path"]} == expected_processed
+    assert {relative(p, root) for p in errors["path"]} == expected_errors
+    assert manifest["images_found"] == len(expected_processed) + len(expected_errors)
+    assert manifest["featurized"] == len(features) and manifest["errors"] == len(errors)
+
+
+def test_labels_are_the_decoded_parent_folders(partition, outputs):
+    root, _, cases = partition
+    _, _, features, _ = outputs
+    by_path = dict(zip(features["path"].map(lambda p: relative(p, root)), features["label"],
+                       strict=True))
+    for case in cases:
+        if case.expected == "processed":
+            assert by_path[case.relpath] == case.label
+    assert {"Apple Braeburn", "Pomme d'été", 'Label "quoted" & more'} <= set(by_path.values())
+
+
+def test_errors_carry_their_reason(partition, outputs):
+    root, _, cases = partition
+    _, _, _, errors = outputs
+    reasons = dict(zip(errors["path"].map(lambda p: relative(p, root)), errors["error"],
+                       strict=True))
+    for case in cases:
+        if case.expected == "error":
+            assert case.reason_contains in reasons[case.relpath], (case.relpath, reasons)
+
+
+def test_output_schema_and_vectors(outputs):
+    out, _, features, _ = outputs
+    schema = pq.read_schema(next((out / "features").glob("*.parquet")))
+    assert str(schema.field("features").type) == "list<element: float>"
+    assert {str(schema.field(name).type) for name in ("path", "label")} == {"string"}
+    vectors = np.stack(features["features"].to_numpy())
+    assert vectors.shape == (len(features), FEATURE_DIM)
+    assert np.isfinite(vectors).all()
+
+
+def test_weights_are_recorded(outputs):
+    out, manifest, _, _ = outputs
+    recorded = json.loads((out / "features" / featurize.FEATURIZE_MANIFEST).read_text())
+    assert recorded["weights"] == {"source": "random", "path": None, "sha256": None}
+    assert recorded == json.loads(json.dumps(manifest))
+
+
+def test_features_equal_plain_keras(partition, outputs):
+    root, _, _ = partition
+    _, _, features, _ = outputs
+    keras_model = build_keras_model(Weights("random", None, None))
+    paths = [root / relative(p, root) for p in features["path"]]
+    batch = np.stack([load_model_input(p.read_bytes()) for p in paths])
+    expected = keras_model.predict(batch, verbose=0)
+    got = np.stack(features["features"].to_numpy())
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def test_rerun_replaces_outputs(spark, partition, outputs, tmp_path):
+    root, _, _ = partition
+    out, manifest, features, errors = outputs
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    run_job(spark, root, copy)
+    again = pq.read_table(copy / "features").to_pandas()
+    assert len(again) == len(features)
+    assert again["path"].is_unique
+    left = features.sort_values("path").reset_index(drop=True)
+    right = again.sort_values("path").reset_index(drop=True)
+    assert (left["path"] == right["path"]).all()
+    assert np.array_equal(np.stack(left["features"]), np.stack(right["features"]))
+    assert len(pq.read_table(copy / "errors")) == len(errors)
+
+
+def test_missing_input_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--input .*no-such-partition"):
+        run_job(spark, tmp_path / "no-such-partition", tmp_path / "out")
+
+
+def test_missing_weights_file_names_the_alternatives(spark, partition, tmp_path):
+    root, _, _ = partition
+    with pytest.raises(WeightsUnavailable, match="random"):
+        run_job(spark, root, tmp_path / "out", weights=str(tmp_path / "nope.weights.h5"))
