@@ -1,0 +1,63 @@
+"""fruits_features: one day of fruit photos in, validated and published reduced features out."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, chain
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from fruits_pipeline.backends import backend_for
+from fruits_pipeline.params import dag_params
+from fruits_pipeline.settings import PipelineSettings
+from fruits_pipeline.tasks import check_uploads, prepare_run, publish, validate
+
+settings = PipelineSettings.from_env()
+backend = backend_for(settings)
+
+DOC = f"""
+### Fruits! image features, one date partition per run
+
+1. **check_uploads**: counts images under `raw/dt=D/`; none: the run skips, no cluster is made.
+2. **create_cluster** (setup): a transient `{backend.name}` Spark cluster.
+3. **add_steps**: featurize (MobileNetV2, 1280-d per image) then PCA (standardize, keep the
+   chosen variance), passing Parquet through the lake.
+4. **watch_featurize**, **watch_pca** wait for the steps; **validate** checks every vector has
+   k dimensions, counts add up and errors stay under the threshold; **publish** writes
+   `reports/dt=D/_SUCCESS` and emits the `fruits_reduced_features` asset event.
+5. **terminate_cluster** (teardown): always runs once the cluster exists, whatever failed.
+
+**Partition**: a scheduled run for the data interval [D, D+1) processes `dt=D` (daily at
+{settings.daily_at} UTC). A manual run takes `partition_date` from the form; backfills run by date.
+
+**Parameters**: `partition_date`, `variance` (0.95) or a fixed `k`, `max_error_ratio` (0.05),
+`weights` (`imagenet`, `random`, a path, an s3 URI inside the lake).
+
+**Outputs** under `{settings.lake.root}`: `features/dt=D/`, `errors/dt=D/` (bad files and
+why), `reduced/dt=D/`, `models/pca/dt=D/`, `reports/dt=D/` (manifest.json, explained_variance.png,
+pca_scatter.png, `_SUCCESS` last).
+"""
+
+with DAG(
+    dag_id="fruits_features",
+    description="MobileNetV2 features and PCA of one day of fruit photos",
+    schedule=CronDataIntervalTimetable(settings.daily_cron, timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=settings.max_active_runs,
+    params=dag_params(settings.default_weights),
+    doc_md=DOC,
+    tags=["fruits", "features", "spark", backend.name],
+    default_args={"owner": "data-platform", "retries": 0},
+) as dag:
+    run = check_uploads()
+    plan = prepare_run(run)
+    cluster = backend.create_cluster(plan["job_flow_overrides"])
+    step_ids = backend.add_steps(cluster.output, plan["steps"])
+    featurized = backend.watch_step("watch_featurize", cluster.output, 0)
+    reduced = backend.watch_step("watch_pca", cluster.output, 1)
+    validated = validate(run)
+    published = publish(validated)
+    terminated = backend.terminate_cluster(cluster.output).as_teardown(setups=cluster)
+
+    chain(run, plan, cluster, step_ids, featurized, reduced, validated, published)
+    reduced >> terminated

@@ -1,0 +1,78 @@
+"""Deployment settings of the pipeline, read from environment variables at DAG parse time.
+
+Environment variables rather than Airflow Variables: they cost no metadata-database query at
+parse time, and the same names work in `make demo`, docker-compose's `.env` and a real
+deployment. EMR-specific ones (`FRUITS_EMR_*`) are read by `emr_config.EmrSettings.from_env`.
+
+| variable | meaning | default |
+|---|---|---|
+| FRUITS_BACKEND | `local` (Spark standalone on this machine) or `emr` | local |
+| FRUITS_LAKE_ROOT | lake root: a local folder, or s3://bucket/prefix for EMR | <repo>/.lake |
+| FRUITS_WEIGHTS | default weights of the form: imagenet, random, a path, an s3 URI | see below |
+| FRUITS_DAILY_AT | time of day (UTC, HH:MM) of the daily run for the day before | 02:00 |
+| FRUITS_MAX_ACTIVE_RUNS | runs, hence clusters, alive at once | 2 |
+| FRUITS_AWS_CONN_ID | Airflow connection for S3 and EMR | aws_default |
+| FRUITS_LOCAL_STATE_DIR | local backend: cluster state, logs, staged code | <repo>/.lake-clusters |
+| FRUITS_LOCAL_IDLE_TIMEOUT_S | local backend: a cluster with no step for this long stops | 1800 |
+
+Default weights: ../shared's ImageNet weights file when it is beside the repository, else
+`imagenet` (Keras downloads them; on EMR nodes with internet access).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fruits_pipeline.lake import Lake
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_WEIGHTS = REPO_ROOT.parent / "shared/models/mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
+BACKENDS = ("local", "emr")
+_DAILY_AT = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    backend: str
+    lake: Lake
+    default_weights: str
+    daily_at: str
+    max_active_runs: int
+    aws_conn_id: str
+    local_state_dir: str
+    local_idle_timeout_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
+        env = os.environ if env is None else env
+        backend = env.get("FRUITS_BACKEND", "local")
+        if backend not in BACKENDS:
+            raise ValueError(f"FRUITS_BACKEND must be one of {BACKENDS}, got {backend!r}")
+        daily_at = env.get("FRUITS_DAILY_AT", "02:00")
+        if not _DAILY_AT.fullmatch(daily_at):
+            raise ValueError(f"FRUITS_DAILY_AT must be HH:MM (UTC), got {daily_at!r}")
+        max_active_runs = int(env.get("FRUITS_MAX_ACTIVE_RUNS", "2"))
+        if max_active_runs < 1:
+            raise ValueError(f"FRUITS_MAX_ACTIVE_RUNS must be at least 1, got {max_active_runs}")
+        default_weights = env.get("FRUITS_WEIGHTS") or (
+            str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "imagenet"
+        )
+        return cls(
+            backend=backend,
+            lake=Lake(env.get("FRUITS_LAKE_ROOT", str(REPO_ROOT / ".lake"))),
+            default_weights=default_weights,
+            daily_at=daily_at,
+            max_active_runs=max_active_runs,
+            aws_conn_id=env.get("FRUITS_AWS_CONN_ID", "aws_default"),
+            local_state_dir=env.get("FRUITS_LOCAL_STATE_DIR", str(REPO_ROOT / ".lake-clusters")),
+            local_idle_timeout_s=float(env.get("FRUITS_LOCAL_IDLE_TIMEOUT_S", "1800")),
+        )
+
+    @property
+    def daily_cron(self) -> str:
+        hour, minute = self.daily_at.split(":")
+        return f"{int(minute)} {int(hour)} * * *"

@@ -1,0 +1,135 @@
+"""Validation of a processed partition before it is published, and the publication itself.
+
+Reads only what the jobs wrote (Parquet footers for counts, the reduced vectors batch by batch),
+with pyarrow: no Spark on the Airflow worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from datetime import date
+
+import numpy as np
+
+from fruits_pipeline.lake import Lake
+from fruits_pipeline.lake_io import LakeStorage
+from spark_jobs.inputs import is_hidden_name, is_image_relpath
+
+
+class ValidationFailed(RuntimeError):
+    """The outputs of a partition are not fit to publish; the message gives the numbers."""
+
+
+@dataclass(frozen=True)
+class PartitionSummary:
+    partition: str
+    images_found: int
+    featurized: int
+    errors: int
+    reduced: int
+    k: int
+    explained_variance: float
+    error_ratio: float
+
+
+def count_images(storage: LakeStorage, lake: Lake, dt: date) -> int:
+    """Uploads of the day that the jobs must account for (same rule as the featurize job)."""
+    return sum(1 for name in storage.list_files(lake.raw(dt)) if is_image_relpath(name))
+
+
+def parquet_parts(storage: LakeStorage, dataset: str) -> list[str]:
+    """Data files of a Parquet folder written by Spark (markers and checksums left out)."""
+    return [
+        f"{dataset.rstrip('/')}/{name}"
+        for name in storage.list_files(dataset)
+        if not any(is_hidden_name(part) for part in name.split("/")) and name.endswith(".parquet")
+    ]
+
+
+def parquet_rows(storage: LakeStorage, dataset: str) -> int:
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for part in parquet_parts(storage, dataset):
+        with storage.local_copy(part) as path:
+            rows += pq.ParquetFile(path).metadata.num_rows
+    return rows
+
+
+def reduced_vectors_check(storage: LakeStorage, dataset: str, k: int) -> tuple[int, int, int]:
+    """(rows, rows whose vector is not k long, rows with NaN or inf), batch by batch."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows = wrong_length = not_finite = 0
+    for part in parquet_parts(storage, dataset):
+        with storage.local_copy(part) as path:
+            for batch in pq.ParquetFile(path).iter_batches(columns=["pca_features"]):
+                vectors = batch.column(0)
+                rows += len(vectors)
+                lengths = pc.fill_null(pc.list_value_length(vectors), -1)
+                wrong_length += int(pc.sum(pc.not_equal(lengths, k)).as_py() or 0)
+                values = vectors.flatten().to_numpy(zero_copy_only=False)
+                rows_of_values = pc.list_parent_indices(vectors).to_numpy()
+                not_finite += len(np.unique(rows_of_values[~np.isfinite(values)]))
+    return rows, wrong_length, not_finite
+
+
+def validate_partition(
+    storage: LakeStorage, lake: Lake, dt: date, *, images_found: int, max_error_ratio: float
+) -> PartitionSummary:
+    """Check a partition's outputs; raise ValidationFailed with every problem and its numbers."""
+    if not storage.exists(lake.manifest(dt)):
+        raise ValidationFailed(f"no PCA manifest at {lake.manifest(dt)}: the PCA step wrote none")
+    manifest = json.loads(storage.read_bytes(lake.manifest(dt)))
+    k = int(manifest["k"])
+    featurized = parquet_rows(storage, lake.features(dt))
+    errors = parquet_rows(storage, lake.errors(dt))
+    reduced, wrong_length, not_finite = reduced_vectors_check(storage, lake.reduced(dt), k)
+    error_ratio = errors / images_found if images_found else math.inf
+    problems = []
+    if featurized + errors != images_found:
+        problems.append(
+            f"featurized ({featurized}) + errors ({errors}) = {featurized + errors} != "
+            f"images found ({images_found}): {images_found - featurized - errors} images "
+            "unaccounted for"
+        )
+    if reduced != featurized:
+        problems.append(f"reduced rows ({reduced}) != featurized rows ({featurized})")
+    if wrong_length:
+        problems.append(f"{wrong_length} reduced vectors do not have k={k} dimensions")
+    if not_finite:
+        problems.append(f"{not_finite} reduced vectors contain NaN or inf")
+    if error_ratio > max_error_ratio:
+        problems.append(
+            f"error ratio {errors}/{images_found} = {error_ratio:.2%} exceeds the maximum "
+            f"{max_error_ratio:.2%}"
+        )
+    if problems:
+        raise ValidationFailed(
+            f"partition dt={dt.isoformat()} is not valid: " + "; ".join(problems)
+        )
+    return PartitionSummary(
+        partition=dt.isoformat(),
+        images_found=images_found,
+        featurized=featurized,
+        errors=errors,
+        reduced=reduced,
+        k=k,
+        explained_variance=float(manifest["explained_variance"]),
+        error_ratio=error_ratio,
+    )
+
+
+def publish_partition(storage: LakeStorage, lake: Lake, summary: PartitionSummary) -> str:
+    """Write `_SUCCESS` last: readers take a partition as published only when it exists."""
+    marker = lake.success_marker(date.fromisoformat(summary.partition))
+    storage.write_bytes(marker, json.dumps(asdict(summary), indent=2).encode())
+    return marker
+
+
+def unpublish_partition(storage: LakeStorage, lake: Lake, dt: date) -> None:
+    """Remove `_SUCCESS` before a (re)run rewrites the partition's outputs."""
+    storage.delete(lake.success_marker(dt))
