@@ -101,7 +101,12 @@ def summary(lake: Lake, dt: date, weights: str, images: str, seconds: float, cod
     raw_count = sum(1 for p in Path(lake.raw(dt)).rglob("*") if p.is_file())
     lines.append(f"raw:      {raw_count} files under {lake.raw(dt)}")
     marker = Path(lake.success_marker(dt))
-    if marker.is_file():
+    # The run's exit code comes first: a marker can be an earlier run's (a failed or skipped
+    # run before prepare_run leaves it), and then this run published nothing.
+    fresh = marker.is_file() and marker.stat().st_mtime >= time.time() - seconds - 1
+    if code != 0:
+        lines.append(f"result:   FAILED dt={dt} (exit {code}); not published. See the log above.")
+    elif fresh:
         published = json.loads(marker.read_text())
         lines += [
             f"result:   PUBLISHED dt={dt} in {seconds:.0f} s",
@@ -111,10 +116,10 @@ def summary(lake: Lake, dt: date, weights: str, images: str, seconds: float, cod
             f"reduced:  {lake.reduced(dt)}",
             f"report:   {lake.report(dt)}/explained_variance.png, pca_scatter.png, manifest.json",
         ]
-    elif code == 0:
-        lines.append(f"result:   SKIPPED dt={dt}: no uploads, nothing written ({seconds:.0f} s)")
     else:
-        lines.append(f"result:   FAILED dt={dt} (exit {code}); not published. See the log above.")
+        lines.append(f"result:   SKIPPED dt={dt}: no uploads, nothing written ({seconds:.0f} s)")
+        if marker.is_file():
+            lines.append(f"note:     an earlier run's publication of dt={dt} stays: {marker}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ that no connection extra is merged into it, and ``region_name=settings.region``.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -101,8 +102,10 @@ class EmrSettings:
             raise ValueError(f"ebs_root_gb must be 15..100, got {self.ebs_root_gb}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> EmrSettings:
-        """Settings from environment variables; unset or empty ones keep their default."""
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EmrSettings:
+        """Settings from environment variables (``os.environ`` by default); unset or empty ones
+        keep their default."""
+        env = os.environ if env is None else env
         values: dict[str, object] = {}
         for field in fields(cls):
             if field.name == "allow_non_eu_region":

@@ -21,6 +21,7 @@ Default weights: ../shared's ImageNet weights file when it is beside the reposit
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -55,9 +56,15 @@ class PipelineSettings:
         daily_at = env.get("FRUITS_DAILY_AT", "02:00")
         if not _DAILY_AT.fullmatch(daily_at):
             raise ValueError(f"FRUITS_DAILY_AT must be HH:MM (UTC), got {daily_at!r}")
-        max_active_runs = int(env.get("FRUITS_MAX_ACTIVE_RUNS", "2"))
+        max_active_runs = _number(env, "FRUITS_MAX_ACTIVE_RUNS", "2", int)
         if max_active_runs < 1:
             raise ValueError(f"FRUITS_MAX_ACTIVE_RUNS must be at least 1, got {max_active_runs}")
+        idle_timeout_s = _number(env, "FRUITS_LOCAL_IDLE_TIMEOUT_S", "1800", float)
+        if not 0 < idle_timeout_s < math.inf:
+            raise ValueError(
+                f"FRUITS_LOCAL_IDLE_TIMEOUT_S must be a positive number of seconds, "
+                f"got {idle_timeout_s}"
+            )
         default_weights = env.get("FRUITS_WEIGHTS") or (
             str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "imagenet"
         )
@@ -69,10 +76,21 @@ class PipelineSettings:
             max_active_runs=max_active_runs,
             aws_conn_id=env.get("FRUITS_AWS_CONN_ID", "aws_default"),
             local_state_dir=env.get("FRUITS_LOCAL_STATE_DIR", str(REPO_ROOT / ".lake-clusters")),
-            local_idle_timeout_s=float(env.get("FRUITS_LOCAL_IDLE_TIMEOUT_S", "1800")),
+            local_idle_timeout_s=idle_timeout_s,
         )
 
     @property
     def daily_cron(self) -> str:
         hour, minute = self.daily_at.split(":")
         return f"{int(minute)} {int(hour)} * * *"
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]):
+    """A numeric variable, with an error that names it (not just "invalid literal")."""
+    text = env.get(name, default)
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None

@@ -1,0 +1,256 @@
+"""Running the `fruits_features` DAG in tests: an Airflow metadata DB, a fresh DAG parse, moto's
+EMR driven step by step, and the outputs the Spark jobs would write.
+
+Import the fixtures into a test module (`from tests.dag_harness import airflow_db, ...`).
+
+- `airflow_db` (session): a throwaway AIRFLOW_HOME with a migrated SQLite DB; Airflow's ORM in
+  this process is pointed at it, whether or not airflow was imported before.
+- `load_dag()`: the DAG file parsed now, under a unique module name, with the modules that
+  read settings at import time (`fruits_pipeline.tasks`, `.backends`) imported afresh; wrap
+  the test in `settings_modules_restored()`.
+- `FakeEmr`: moto keeps steps RUNNING or PENDING forever; `FakeEmr.advance` moves a cluster's
+  steps one transition, the way EMR would, running a fake job for each step that ends.
+- `write_featurize_outputs`, `write_pca_outputs`: Parquet and JSON laid out as the real jobs
+  write them, through any `LakeStorage`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fruits_pipeline.lake import Lake
+from fruits_pipeline.lake_io import LakeStorage
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_FILE = REPO / "dags" / "fruits_features.py"
+FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"})
+_modules = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def airflow_db(tmp_path_factory) -> Iterator[Path]:
+    """AIRFLOW_HOME of the session: SQLite metadata DB migrated, the repo's DAGs and plugins."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        airflow = Path(sys.executable).with_name("airflow")
+        done = subprocess.run(
+            [str(airflow), "db", "migrate"],
+            env=os.environ.copy(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        from airflow import settings
+
+        # Airflow may have been imported (and its ORM configured) before this fixture ran.
+        settings.configure_vars()
+        settings.reconfigure_orm()
+        yield home
+        settings.dispose_orm()
+
+
+# Modules that read the pipeline settings when imported.
+SETTINGS_MODULES = ("fruits_pipeline.backends", "fruits_pipeline.tasks")
+
+
+def load_dag():
+    """Parse the DAG file now, with the environment of the test (settings are read at parse
+    time), under a module name of its own; the modules in SETTINGS_MODULES are imported anew.
+
+    Use it inside `settings_modules_restored()`, so later tests get the modules they had."""
+    for name in SETTINGS_MODULES:
+        sys.modules.pop(name, None)
+    name = f"fruits_features_under_test_{next(_modules)}"
+    spec = importlib.util.spec_from_file_location(name, DAG_FILE)
+    assert spec is not None and spec.loader is not None
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+@contextmanager
+def settings_modules_restored() -> Iterator[None]:
+    """Put back the SETTINGS_MODULES imported before (or none) once the block ends."""
+    import fruits_pipeline
+
+    saved = {name: sys.modules.get(name) for name in SETTINGS_MODULES}
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            attribute = name.rpartition(".")[2]
+            if module is None:
+                sys.modules.pop(name, None)
+                if hasattr(fruits_pipeline, attribute):
+                    delattr(fruits_pipeline, attribute)
+            else:
+                sys.modules[name] = module
+                setattr(fruits_pipeline, attribute, module)
+
+
+# --- what the Spark jobs write ------------------------------------------------------------
+
+
+def _parquet(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _vectors(rows: int, dim: int, seed: int):
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.random.default_rng(seed).random((rows, dim), dtype=np.float32)
+    return pa.array(list(values), type=pa.list_(pa.float32()))
+
+
+def write_featurize_outputs(
+    storage: LakeStorage,
+    lake: Lake,
+    dt: date,
+    rows: list[tuple[str, str]],
+    errors: list[tuple[str, str, str]],
+    *,
+    dim: int = 1280,
+) -> None:
+    """`features/dt=D/part-0.parquet` (path, label, features) for `rows` of (path, label), and
+    `errors/dt=D/part-0.parquet` (path, label, error) for `errors` of (path, label, error)."""
+    import pyarrow as pa
+
+    features = pa.table(
+        {
+            "path": pa.array([path for path, _ in rows], pa.string()),
+            "label": pa.array([label for _, label in rows], pa.string()),
+            "features": _vectors(len(rows), dim, seed=1),
+        }
+    )
+    failed = pa.table(
+        {
+            "path": pa.array([e[0] for e in errors], pa.string()),
+            "label": pa.array([e[1] for e in errors], pa.string()),
+            "error": pa.array([e[2] for e in errors], pa.string()),
+        }
+    )
+    storage.write_bytes(f"{lake.features(dt)}/part-0.parquet", _parquet(features))
+    storage.write_bytes(f"{lake.features(dt)}/_SUCCESS", b"")
+    storage.write_bytes(f"{lake.errors(dt)}/part-0.parquet", _parquet(failed))
+    storage.write_bytes(f"{lake.errors(dt)}/_SUCCESS", b"")
+
+
+def write_pca_outputs(
+    storage: LakeStorage,
+    lake: Lake,
+    dt: date,
+    rows: list[tuple[str, str]],
+    k: int,
+    *,
+    vector_length: int | None = None,
+    explained_variance: float = 0.95,
+) -> None:
+    """`reduced/dt=D/part-0.parquet` (path, label, pca_features of `vector_length`, default k)
+    and `reports/dt=D/manifest.json` saying k and the explained variance."""
+    import pyarrow as pa
+
+    reduced = pa.table(
+        {
+            "path": pa.array([path for path, _ in rows], pa.string()),
+            "label": pa.array([label for _, label in rows], pa.string()),
+            "pca_features": _vectors(len(rows), vector_length or k, seed=2),
+        }
+    )
+    storage.write_bytes(f"{lake.reduced(dt)}/part-0.parquet", _parquet(reduced))
+    storage.write_bytes(f"{lake.reduced(dt)}/_SUCCESS", b"")
+    manifest = {"partition": dt.isoformat(), "k": k, "explained_variance": explained_variance}
+    storage.write_bytes(lake.manifest(dt), json.dumps(manifest).encode())
+
+
+# --- moto's EMR, driven ---------------------------------------------------------------------
+
+StepJob = Callable[[str], tuple[str, dict[str, str] | None]]
+"""A fake step: given the step name, returns its final state and, when it failed, its
+FailureDetails (Reason, Message, LogFile)."""
+
+
+@dataclass
+class FakeEmr:
+    """Moves moto's EMR steps as EMR would: one transition per `advance` call.
+
+    A step is seen RUNNING at least once (`on_running(name)` is called then), then ends with the
+    state its job returns; a failed step cancels the steps after it (ActionOnFailure
+    CANCEL_AND_WAIT). Jobs are chosen by step name prefix (`featurize`, `pca`).
+    """
+
+    backend: Any
+    jobs: dict[str, StepJob]
+    on_running: Callable[[str], None] = lambda name: None
+    seen_running: set[str] = field(default_factory=set)
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+
+    def advance(self, cluster_id: str) -> None:
+        from moto.core.utils import utcnow
+
+        steps = self.backend.clusters[cluster_id].steps
+        pending = [step for step in steps if step.state not in FINAL_STEP_STATES]
+        if not pending:
+            return
+        step = pending[0]
+        if step.state == "PENDING" or step.id not in self.seen_running:
+            step.state = "RUNNING"
+            step.start_date_time = step.start_date_time or utcnow()
+            self.seen_running.add(step.id)
+            self.transitions.append((step.name, "RUNNING"))
+            self.on_running(step.name)
+            return
+        job = self.jobs[step.name.split(" ")[0]]
+        state, failure = job(step.name)
+        step.state = state
+        step.end_date_time = utcnow()
+        step.failure_details = failure
+        self.transitions.append((step.name, state))
+        if state != "COMPLETED":
+            for later in pending[1:]:
+                later.state = "CANCELLED"
+                self.transitions.append((later.name, "CANCELLED"))
+
+
+def step_status_with_failure_details(original: property) -> property:
+    """moto's Step.status has no FailureDetails; this one adds `step.failure_details` if set."""
+
+    def status(step) -> dict[str, Any]:
+        result = original.fget(step)
+        details = getattr(step, "failure_details", None)
+        if details:
+            result["FailureDetails"] = details
+        return result
+
+    return property(status)

@@ -1,0 +1,104 @@
+"""Real Fruits-360 photos with the real ImageNet weights: fidelity, PCA exactness, separability.
+
+Runs on ../shared's sample by default; `make verify PHOTOS=<folder of Label/file.jpg>` runs it
+on any other folder of real photos (FRUITS_REAL_PHOTOS).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from spark_jobs import featurize, pca
+from spark_jobs.images import load_model_input
+from tests.conftest import SHARED_SAMPLE, SHARED_WEIGHTS, require_shared
+
+pytestmark = [pytest.mark.slow, pytest.mark.shared]
+
+
+@pytest.fixture(scope="module")
+def photos() -> Path:
+    require_shared()
+    return Path(os.environ.get("FRUITS_REAL_PHOTOS") or SHARED_SAMPLE).resolve()
+
+
+@pytest.fixture(scope="module")
+def outputs(spark, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    featurize.run(spark, featurize.parse_args([
+        "--input", str(photos), "--output", str(out / "features"), "--errors",
+        str(out / "errors"), "--weights", str(SHARED_WEIGHTS),
+    ]))
+    manifest = pca.run(spark, pca.parse_args([
+        "--input", str(out / "features"), "--output", str(out / "reduced"), "--model",
+        str(out / "model"), "--report", str(out / "report"), "--variance", "0.95",
+    ]))
+    features = pq.read_table(out / "features").to_pandas().sort_values("path", ignore_index=True)
+    reduced = pq.read_table(out / "reduced").to_pandas().sort_values("path", ignore_index=True)
+    return features, reduced, manifest
+
+
+def local_file(path: str) -> Path:
+    return Path(path.removeprefix("file:"))
+
+
+def test_every_photo_is_featurized(photos, outputs):
+    features, _, _ = outputs
+    expected = {p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+    assert {local_file(p) for p in features["path"]} == expected
+
+
+def test_features_equal_plain_keras(outputs):
+    import keras
+
+    features, _, _ = outputs
+    model = keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), include_top=False, weights=None, pooling="avg"
+    )
+    model.load_weights(str(SHARED_WEIGHTS))
+    largest = 0.0
+    for start in range(0, len(features), 64):
+        chunk = features.iloc[start : start + 64]
+        batch = np.stack([load_model_input(local_file(p).read_bytes()) for p in chunk["path"]])
+        expected = model.predict_on_batch(batch)
+        largest = max(largest, float(np.abs(np.stack(chunk["features"]) - expected).max()))
+    print(f"largest difference to plain Keras over {len(features)} photos: {largest:.2e}")
+    assert largest < 1e-3
+
+
+def test_k_and_explained_variance_equal_numpy(outputs):
+    features, reduced, manifest = outputs
+    vectors = np.stack(features["features"]).astype(np.float64)
+    scale = vectors.std(axis=0)
+    scale[scale == 0] = 1.0
+    standardized = (vectors - vectors.mean(axis=0)) / scale
+    singular = np.linalg.svd(standardized, compute_uv=False)
+    ratio = singular**2 / np.sum(singular**2)
+    cumulative = np.cumsum(ratio)
+    k = int(np.searchsorted(cumulative, 0.95) + 1)
+    print(f"k={manifest['k']} explained variance {manifest['explained_variance']:.6f} "
+          f"(numpy: k={k}, {cumulative[k - 1]:.6f})")
+    assert manifest["k"] == k
+    np.testing.assert_allclose(manifest["explained_variance"], cumulative[k - 1], rtol=1e-6)
+    np.testing.assert_allclose(manifest["explained_variance_ratio"], ratio[:k], rtol=1e-6)
+    assert {len(v) for v in reduced["pca_features"]} == {k}
+
+
+def test_linear_probe_recognises_held_out_photos(outputs):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    _, reduced, manifest = outputs
+    vectors = np.stack(reduced["pca_features"])
+    train_x, test_x, train_y, test_y = train_test_split(
+        vectors, reduced["label"], test_size=0.5, stratify=reduced["label"], random_state=0
+    )
+    probe = LogisticRegression(max_iter=3000).fit(train_x, train_y)
+    accuracy = probe.score(test_x, test_y)
+    print(f"linear probe on {manifest['k']}-d vectors: held-out accuracy {accuracy:.4f} "
+          f"over {len(test_y)} photos, {reduced['label'].nunique()} classes")
+    assert accuracy >= 0.97
