@@ -14,7 +14,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo verify bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ WEIGHTS ?=
 demo: $(STAMP)
 	$(PY) -m fruits_pipeline.demo $(if $(RAW),--raw "$(RAW)") $(if $(DATE),--date "$(DATE)") \
 		$(if $(LAKE),--lake "$(LAKE)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
+
+# Real-photo checks on a folder of <Label>/<file>.jpg that is not the test sample.
+PHOTOS ?= ../shared/data/fruits360-bench
+verify: $(STAMP)
+	FRUITS_REAL_PHOTOS="$(abspath $(PHOTOS))" FRUITS_PROBE_MIN_ACCURACY=0.97 \
+		$(PY) -m pytest -s -p no:cacheprovider tests/test_real_photos.py
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -18,6 +18,7 @@ DOC = f"""
 ### Fruits! image features, one date partition per run
 
 1. **check_uploads**: counts images under `raw/dt=D/`; none: the run skips, no cluster is made.
+   **prepare_run** unpublishes the partition (a rerun is in flight) and stages the jobs.
 2. **create_cluster** (setup): a transient `{backend.name}` Spark cluster.
 3. **add_steps**: featurize (MobileNetV2, 1280-d per image) then PCA (standardize, keep the
    chosen variance), passing Parquet through the lake.
@@ -57,7 +58,9 @@ with DAG(
     reduced = backend.watch_step("watch_pca", cluster.output, 1)
     validated = validate(run)
     published = publish(validated)
-    terminated = backend.terminate_cluster(cluster.output).as_teardown(setups=cluster)
+    terminated = backend.terminate_cluster(cluster.output).as_teardown(
+        setups=cluster, on_failure_fail_dagrun=True
+    )
 
     chain(run, plan, cluster, step_ids, featurized, reduced, validated, published)
     reduced >> terminated
