@@ -168,11 +168,13 @@ def run(spark, args: argparse.Namespace) -> dict:
     points = np.array([(r.pca_features + [0.0])[:2] for r in sample]).reshape(-1, 2)
     report_root = args.report.rstrip("/")
     storage.write_bytes(
-        spark, f"{report_root}/explained_variance.png",
+        spark,
+        f"{report_root}/explained_variance.png",
         report.explained_variance_png(cumulative, model.k, args.variance),
     )
     storage.write_bytes(
-        spark, f"{report_root}/pca_scatter.png",
+        spark,
+        f"{report_root}/pca_scatter.png",
         report.scatter_png(points, [r.label for r in sample], rows),
     )
     lap("report")

@@ -55,8 +55,12 @@ def scatter_png(points: np.ndarray, labels: list[str], total_rows: int) -> bytes
     for index, name in enumerate(names):
         chosen = label_array == name
         axes.scatter(
-            points[chosen, 0], points[chosen, 1], s=8, alpha=0.7,
-            color=palette(index % palette.N), label=name,
+            points[chosen, 0],
+            points[chosen, 1],
+            s=8,
+            alpha=0.7,
+            color=palette(index % palette.N),
+            label=name,
         )
     axes.set_xlabel("component 1")
     axes.set_ylabel("component 2")

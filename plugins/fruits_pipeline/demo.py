@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -96,6 +98,28 @@ def run_dag(env: dict[str, str], dt: date, extra_conf: dict | None = None) -> in
     ).returncode
 
 
+def task_durations(home: Path) -> dict[str, float]:
+    """Seconds each task of the (only) run took, from the throwaway metadata database."""
+    database = home / "airflow.db"
+    if not database.is_file():
+        return {}
+    with closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute(
+            "SELECT task_id, (julianday(end_date) - julianday(start_date)) * 86400 "
+            "FROM task_instance WHERE dag_id = 'fruits_features' AND start_date IS NOT NULL "
+            "AND end_date IS NOT NULL"
+        ).fetchall()
+    return {task_id: round(seconds, 1) for task_id, seconds in rows}
+
+
+def timings_line(durations: dict[str, float]) -> str:
+    """Cluster start, featurize, PCA, validation, teardown: where the run's time went."""
+    phases = [("cluster start", "create_cluster"), ("featurize", "watch_featurize"),
+              ("PCA", "watch_pca"), ("validation", "validate"), ("teardown", "terminate_cluster")]
+    shown = [f"{name} {durations[task]:.0f} s" for name, task in phases if task in durations]
+    return "timings:  " + ", ".join(shown) if shown else ""
+
+
 def summary(lake: Lake, dt: date, weights: str, images: str, seconds: float, code: int) -> str:
     lines = [f"images:   {images}", f"weights:  {weights}", f"lake:     {lake.root}"]
     raw_count = sum(1 for p in Path(lake.raw(dt)).rglob("*") if p.is_file())
@@ -131,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fruits-airflow-") as home:
         code = run_dag(airflow_env(Path(home), Path(lake.root), weights), args.date)
+        durations = task_durations(Path(home))
     print("\n" + summary(lake, args.date, weights, images, time.time() - started, code))
+    if durations:
+        print(timings_line(durations))
     return code
 
 

@@ -1,0 +1,72 @@
+"""Benchmark (c): the fastest inference of the model in one process, all cores, on pre-decoded
+batches; and plain Keras features of a few images, to check (b)'s fidelity.
+
+    python -m bench.ceiling --input ROOT --weights FILE [--keras-check N --features URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spark_jobs.images import load_model_input
+from spark_jobs.model import Featurizer, Weights, build_keras_model, file_sha256, tflite_model
+
+
+def decoded(paths: list[Path]) -> np.ndarray:
+    return np.stack([load_model_input(p.read_bytes()) for p in paths])
+
+
+def images_per_second(run, batches: list[np.ndarray], repeats: int = 2) -> float:
+    run(batches[0])  # warm-up: allocation, XNNPACK packing
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for batch in batches:
+            run(batch)
+    return repeats * sum(len(b) for b in batches) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--features", help="Parquet of (b): compare with plain Keras")
+    parser.add_argument("--keras-check", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    weights = Weights(args.weights, args.weights, file_sha256(args.weights))
+    paths = sorted(Path(args.input).rglob("*.jpg"))[: args.images]
+    data = decoded(paths)
+    batches = [data[i : i + args.batch_size] for i in range(0, len(data), args.batch_size)]
+    cores = os.cpu_count() or 1
+    result = {
+        "tflite_all_cores": images_per_second(Featurizer(tflite_model(weights), cores), batches),
+    }
+    keras_model = build_keras_model(weights)
+    result["keras_predict_on_batch"] = images_per_second(
+        keras_model.predict_on_batch, batches, repeats=1
+    )
+    if args.features:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(args.features).to_pandas().sample(n=args.keras_check, random_state=0)
+        files = [Path(p.removeprefix("file:")) for p in table["path"]]
+        expected = keras_model.predict_on_batch(decoded(files))
+        result["largest_difference_to_keras"] = float(
+            np.abs(np.stack(table["features"]) - expected).max()
+        )
+        result["keras_checked_images"] = len(files)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
