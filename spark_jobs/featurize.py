@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model call"
     )
     parser.add_argument(
+        "--model-cache", help="folder or URI keeping TFLite conversions (default: local disk)"
+    )
+    parser.add_argument(
         "--no-overlap", action="store_true", help="decode and infer in turn (for benchmarks)"
     )
     parser.add_argument("--master", help="Spark master when not run by spark-submit")
@@ -249,7 +252,19 @@ def run(spark, args: argparse.Namespace) -> dict:
     weights = model.resolve_weights(
         args.weights, fetch=lambda uri, local: storage.copy_to_local(spark, uri, local)
     )
-    flatbuffer = model.tflite_model(weights)
+    if args.model_cache:
+        cache = args.model_cache.rstrip("/")
+        flatbuffer = model.tflite_model(
+            weights,
+            read_cached=lambda name: (
+                storage.read_bytes(spark, f"{cache}/{name}")
+                if storage.exists(spark, f"{cache}/{name}")
+                else None
+            ),
+            write_cached=lambda name, data: storage.write_bytes(spark, f"{cache}/{name}", data),
+        )
+    else:
+        flatbuffer = model.tflite_model(weights)
     model_ready = time.time()
     tune_for_images(spark, args.batch_size)
     root = storage.qualified(spark, args.input)

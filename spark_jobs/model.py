@@ -128,25 +128,51 @@ def build_keras_model(weights: Weights):
     return model
 
 
-def tflite_model(weights: Weights, cache_dir: str | None = None) -> bytes:
-    """The TFLite flatbuffer of the model, converted once and cached on local disk.
+def tflite_cache_name(weights: Weights) -> str:
+    """File name of a conversion: the weights' digest and the TensorFlow version that made it."""
+    import tensorflow as tf
 
-    The cache key holds the weights' digest and the TensorFlow version, so a change of either
-    converts again.
+    return f"mobilenet_v2-{weights.cache_key}-tf{tf.__version__}.tflite"
+
+
+def tflite_model(
+    weights: Weights,
+    *,
+    read_cached: Callable[[str], bytes | None] | None = None,
+    write_cached: Callable[[str, bytes], None] | None = None,
+) -> bytes:
+    """The TFLite flatbuffer of the model, converted once per weights and TensorFlow version.
+
+    The cache is a local folder by default (FRUITS_MODEL_CACHE); the featurize job passes a
+    lake folder instead, so transient clusters do not convert again on every run.
     """
     import tensorflow as tf
 
-    cache = Path(cache_dir or os.environ.get("FRUITS_MODEL_CACHE") or _default_cache_dir())
-    cached = cache / f"mobilenet_v2-{weights.cache_key}-tf{tf.__version__}.tflite"
-    if cached.is_file():
-        return cached.read_bytes()
-    converter = tf.lite.TFLiteConverter.from_keras_model(build_keras_model(weights))
-    flatbuffer = converter.convert()
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.partial")
-    partial.write_bytes(flatbuffer)
-    os.replace(partial, cached)
+    if read_cached is None or write_cached is None:
+        read_cached, write_cached = _local_cache()
+    name = tflite_cache_name(weights)
+    cached = read_cached(name)
+    if cached:
+        return cached
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(build_keras_model(weights)).convert()
+    write_cached(name, flatbuffer)
     return flatbuffer
+
+
+def _local_cache() -> tuple[Callable[[str], bytes | None], Callable[[str, bytes], None]]:
+    folder = Path(os.environ.get("FRUITS_MODEL_CACHE") or _default_cache_dir())
+
+    def read(name: str) -> bytes | None:
+        path = folder / name
+        return path.read_bytes() if path.is_file() else None
+
+    def write(name: str, data: bytes) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{name}.{os.getpid()}.partial"
+        partial.write_bytes(data)
+        os.replace(partial, folder / name)
+
+    return read, write
 
 
 def _default_cache_dir() -> str:

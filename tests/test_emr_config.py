@@ -263,10 +263,9 @@ def test_steps_use_k_and_staged_local_weights():
 def test_steps_pass_lake_weights_through():
     params = RunParams(partition_date=D, weights="s3://fruits-lake/prod/models/w.h5")
     featurize, _ = emr_steps(LAKE, D, PREFIX, params)
-    assert featurize["HadoopJarStep"]["Args"][-2:] == [
-        "--weights",
-        "s3://fruits-lake/prod/models/w.h5",
-    ]
+    args = featurize["HadoopJarStep"]["Args"]
+    assert args[args.index("--weights") + 1] == "s3://fruits-lake/prod/models/w.h5"
+    assert args[args.index("--model-cache") + 1] == "s3://fruits-lake/prod/models/tflite"
 
 
 def test_emr_api_accepts_the_cluster_and_steps(aws):

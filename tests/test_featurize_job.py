@@ -135,3 +135,21 @@ def test_missing_weights_file_names_the_alternatives(spark, partition, tmp_path)
     root, _, _ = partition
     with pytest.raises(WeightsUnavailable, match="random"):
         run_job(spark, root, tmp_path / "out", weights=str(tmp_path / "nope.weights.h5"))
+
+
+def test_model_conversion_is_kept_in_the_given_cache_folder(spark, partition, tmp_path):
+    from spark_jobs.model import tflite_cache_name
+
+    root, _, _ = partition
+    cache = tmp_path / "lake" / "models" / "tflite"
+    args = featurize.parse_args(
+        ["--input", str(root / "Banana"), "--output", str(tmp_path / "features"), "--errors",
+         str(tmp_path / "errors"), "--weights", "random", "--model-cache", str(cache)]
+    )
+    featurize.run(spark, args)
+    cached = cache / tflite_cache_name(Weights("random", None, None))
+    assert cached.is_file() and cached.stat().st_size > 1_000_000
+    # A second run reads the cached conversion: the file is not rewritten.
+    written = cached.stat().st_mtime_ns
+    featurize.run(spark, args)
+    assert cached.stat().st_mtime_ns == written

@@ -114,6 +114,10 @@ class Lake:
             raise ValueError(f"artifact digest must be lower-case hex, got {digest!r}")
         return f"{self.root}/artifacts/{digest}"
 
+    def model_cache(self) -> str:
+        """TFLite conversions of the model, keyed by weights digest and TensorFlow version."""
+        return f"{self.root}/models/tflite"
+
     def emr_logs(self) -> str:
         """EMR LogUri: a prefix, hence the trailing slash."""
         return f"{self.root}/logs/emr/"

@@ -18,6 +18,7 @@ def featurize_args(lake: Lake, dt: date, weights: str) -> list[str]:
         "--output", lake.features(dt),
         "--errors", lake.errors(dt),
         "--weights", weights,
+        "--model-cache", lake.model_cache(),
     ]  # fmt: skip
 
 
