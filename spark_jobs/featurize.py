@@ -11,7 +11,6 @@ A bad file never stops the job; rerunning with the same outputs replaces them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -298,16 +297,11 @@ def run(spark, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs.session import spark_session
+    from spark_jobs.session import run_job
 
-    args = parse_args(argv)
-    spark = spark_session("fruits-featurize", args.master)
-    try:
-        manifest = run(spark, args)
-    finally:
-        spark.stop()
-    print(json.dumps({k: manifest[k] for k in ("images_found", "featurized", "errors")}))
-    return 0
+    return run_job(
+        "fruits-featurize", parse_args, run, ("images_found", "featurized", "errors"), argv
+    )
 
 
 if __name__ == "__main__":

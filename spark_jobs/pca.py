@@ -14,7 +14,6 @@ d x d matrix (see pca_math), executors project.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -208,16 +207,9 @@ def run(spark, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs.session import spark_session
+    from spark_jobs.session import run_job
 
-    args = parse_args(argv)
-    spark = spark_session("fruits-pca", args.master)
-    try:
-        manifest = run(spark, args)
-    finally:
-        spark.stop()
-    print(json.dumps({k: manifest[k] for k in ("k", "explained_variance", "rows")}))
-    return 0
+    return run_job("fruits-pca", parse_args, run, ("k", "explained_variance", "rows"), argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -35,3 +37,21 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
             .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "2g"))
         )
     return builder.getOrCreate()
+
+
+def run_job(
+    app_name: str,
+    parse_args: Callable,
+    run: Callable,
+    summary_keys: Sequence[str],
+    argv: list[str] | None = None,
+) -> int:
+    """A job's command line: parse, run in a session that is always stopped, print a summary."""
+    args = parse_args(argv)
+    spark = spark_session(app_name, args.master)
+    try:
+        manifest = run(spark, args)
+    finally:
+        spark.stop()
+    print(json.dumps({key: manifest[key] for key in summary_keys}))
+    return 0
