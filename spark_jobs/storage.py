@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
 from pyspark.sql import SparkSession
 
@@ -31,7 +32,25 @@ def exists(spark: SparkSession, uri: str) -> bool:
 
 
 def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write a whole file. Readers never see it half written: an S3 PUT is atomic, elsewhere
+    the bytes go to a hidden file renamed into place."""
     fs, path = _filesystem_path(spark, uri)
+    if fs.getScheme() in ("s3", "s3a", "s3n"):
+        _write(fs, path, data)
+        return
+    jvm = spark.sparkContext._jvm
+    partial = jvm.org.apache.hadoop.fs.Path(
+        path.getParent(), f".{path.getName()}.{uuid.uuid4().hex}.partial"
+    )
+    _write(fs, partial, data)
+    if not fs.rename(partial, path):  # Hadoop does not rename over an existing file
+        fs.delete(path, False)
+        if not fs.rename(partial, path):
+            fs.delete(partial, False)
+            raise OSError(f"cannot write {uri}")
+
+
+def _write(fs, path, data: bytes) -> None:
     stream = fs.create(path, True)
     try:
         stream.write(bytearray(data))

@@ -66,7 +66,8 @@ class EmrSettings:
     - ``FRUITS_EMR_IDLE_TIMEOUT_S``: seconds idle before EMR terminates a forgotten cluster.
     - ``FRUITS_EMR_SUBNET_ID``: subnet of the cluster; unset uses the default VPC.
     - ``FRUITS_EMR_EBS_ROOT_GB``: root volume size; TensorFlow needs room to install.
-    - ``FRUITS_EMR_KMS_KEY_ID``: KMS key for staged artifacts; unset uses SSE-S3 (AES256).
+    - ``FRUITS_EMR_KMS_KEY_ID``: KMS key of what Airflow writes to S3 (staged artifacts,
+      ``_SUCCESS``); unset uses SSE-S3 (AES256).
     - ``FRUITS_EMR_SECURITY_CONFIGURATION``: EMR security configuration name (e.g. SSE-KMS
       for EMRFS writes); unset uses none.
     - ``FRUITS_ALLOW_NON_EU_REGION=1``: allow a region outside the EU.

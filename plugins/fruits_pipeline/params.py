@@ -161,7 +161,12 @@ def _weights(weights: Any, lake: Lake) -> str:
         raise ValueError(f"weights must be a string, got {weights!r}")
     if ".." in weights.split("/"):
         raise ValueError(f"weights must not contain a '..' segment, got {weights!r}")
-    if weights in NAMED_WEIGHTS or is_local_path(weights):
+    if weights in NAMED_WEIGHTS:
+        return weights
+    if is_local_path(weights):
+        # EMR runs upload this file to the lake: never let the form pick any file of the worker.
+        if not weights.endswith(".h5"):
+            raise ValueError(f"a weights path must name a Keras .h5 file, got {weights!r}")
         return weights
     if weights.startswith(S3_SCHEMES):
         if not lake.is_within(weights):

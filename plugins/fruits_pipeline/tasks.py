@@ -23,12 +23,16 @@ REDUCED_FEATURES = Asset(
 
 
 def _storage(settings: PipelineSettings):
-    region = None
+    region = kms_key_id = None
     if settings.backend == "emr":
         from fruits_pipeline.emr_config import EmrSettings
 
-        region = EmrSettings.from_env().region
-    return lake_storage(settings.lake, aws_conn_id=settings.aws_conn_id, region=region)
+        emr = EmrSettings.from_env()
+        # Markers are encrypted with the key of the staged artifacts (SSE-S3 when none is set).
+        region, kms_key_id = emr.region, emr.kms_key_id
+    return lake_storage(
+        settings.lake, aws_conn_id=settings.aws_conn_id, region=region, kms_key_id=kms_key_id
+    )
 
 
 def _run_params(run: dict[str, Any]) -> RunParams:
