@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,9 @@ SHARED_SAMPLE = SHARED / "data" / "fruits360-sample"
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# py4j logs at INFO when its connections are garbage-collected at exit, after pytest closed the
+# streams: a traceback of "Logging error" at the end of every run, about nothing.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def require_shared() -> None:
