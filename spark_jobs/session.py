@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
     builder = SparkSession.builder.appName(app_name)
     if not launched_by_spark_submit():
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Workers run this interpreter (with its packages), not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         # Python workers import this package too; spark-submit would ship it with --py-files.
         package_parent = str(Path(__file__).resolve().parent.parent)
         paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
