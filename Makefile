@@ -54,3 +54,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .lake .demo build .pytest_cache .ruff_cache
+
+# Airflow 3 on 127.0.0.1 (api-server, scheduler, dag-processor, triggerer; SQLite) with the DAG,
+# the local backend and the lake LAKE (.lake/); its state (database, logs, password, clusters)
+# in .airflow/. Prints the UI address and the admin password. `make airflow-stop` stops it all.
+.PHONY: airflow airflow-stop
+PORT ?= 8080
+airflow: $(STAMP)
+	$(PY) -m fruits_pipeline.airflow_stack start --home .airflow --port $(PORT) \
+		--lake "$(or $(LAKE),.lake)" $(if $(WEIGHTS),--weights "$(WEIGHTS)")
+
+airflow-stop:
+	if [ -x $(PY) ]; then $(PY) -m fruits_pipeline.airflow_stack stop --home .airflow; fi
