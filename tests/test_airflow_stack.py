@@ -55,7 +55,7 @@ def test_environment_binds_loopback_and_ignores_the_callers_airflow(tmp_path, mo
             f"{home}/simple_auth_manager_passwords.json"
         ),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:18123/execution/",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=60",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": "18123",
         "AIRFLOW__API__BASE_URL": "http://127.0.0.1:18123",

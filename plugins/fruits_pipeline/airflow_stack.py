@@ -180,9 +180,10 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / LOGIN_FILE),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{config.port}/execution/",
-        # Components, tasks and the CLI write to one SQLite file: wait for its lock up to a
-        # minute rather than 5 s (SQLite's default) when the machine is busy.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=60",
+        # SQLite's lock timeout stays at its 5 s default: with 60 s, a trigger from the UI
+        # took 60 s (its audit-log row, written by a second session of the request, waited
+        # for the run's transaction until the timeout).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__API__HOST": HOST,
         "AIRFLOW__API__PORT": str(config.port),
         "AIRFLOW__API__BASE_URL": f"http://{HOST}:{config.port}",
