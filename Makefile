@@ -27,9 +27,14 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-jobs.txt constraint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP)
+# The running-Airflow tests drive Debian's Chromium (installed here when missing, with apt-get).
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+.PHONY: browser
+browser:
+	bash scripts/install-chromium.sh
 
 # The quick part of the suite: no Spark, no Airflow run.
 test-fast: $(STAMP)
@@ -58,7 +63,7 @@ clean:
 # Airflow 3 on 127.0.0.1 (api-server, scheduler, dag-processor, triggerer; SQLite) with the DAG,
 # the local backend and the lake LAKE (.lake/); its state (database, logs, password, clusters)
 # in .airflow/. Prints the UI address and the admin password. `make airflow-stop` stops it all.
-.PHONY: airflow airflow-stop
+.PHONY: airflow airflow-stop airflow-cli
 PORT ?= 8080
 airflow: $(STAMP)
 	$(PY) -m fruits_pipeline.airflow_stack start --home .airflow --port $(PORT) \
@@ -66,3 +71,8 @@ airflow: $(STAMP)
 
 airflow-stop:
 	if [ -x $(PY) ]; then $(PY) -m fruits_pipeline.airflow_stack stop --home .airflow; fi
+
+# The airflow CLI on that stack, e.g. ARGS="backfill create --dag-id fruits_features ...".
+ARGS ?= --help
+airflow-cli: $(STAMP)
+	$(PY) -m fruits_pipeline.airflow_stack airflow --home .airflow $(ARGS)

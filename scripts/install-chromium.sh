@@ -17,5 +17,5 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO=(sudo)
 fi
 "${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 echo "installed: $("$CHROMIUM" --version 2>/dev/null)"

@@ -36,6 +36,25 @@ import pytest
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
 
+# The DAG's tasks, in order; a run on a day without uploads skips all but the first.
+ALL_TASKS = frozenset(
+    {
+        "check_uploads",
+        "prepare_run",
+        "create_cluster",
+        "add_steps",
+        "watch_featurize",
+        "watch_pca",
+        "validate",
+        "publish",
+        "terminate_cluster",
+    }
+)
+SKIPPED_RUN = {
+    **dict.fromkeys(ALL_TASKS - {"check_uploads"}, "skipped"),
+    "check_uploads": "success",
+}
+
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "fruits_features.py"
 FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"})

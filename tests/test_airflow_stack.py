@@ -144,3 +144,23 @@ def test_stop_stops_what_the_stack_left_behind(tmp_path):
         for proc in (left, unrelated):
             proc.kill()
             proc.wait()
+
+
+def test_a_backfill_gets_the_dags_run_limit_unless_it_names_one():
+    env = {"FRUITS_MAX_ACTIVE_RUNS": "3"}
+    create = ["backfill", "create", "--dag-id", "fruits_features"]
+    assert airflow_stack.with_backfill_limit(create, env) == [*create, "--max-active-runs", "3"]
+    named = [*create, "--max-active-runs", "5"]
+    assert airflow_stack.with_backfill_limit(named, env) == named
+    assert airflow_stack.with_backfill_limit([*create, "--max-active-runs=5"], env)[-1] == (
+        "--max-active-runs=5"
+    )
+    # Other commands pass through untouched.
+    assert airflow_stack.with_backfill_limit(["dags", "list"], env) == ["dags", "list"]
+    command = airflow_stack.airflow_cli(*create, env=env)
+    assert command[-2:] == ["--max-active-runs", "3"]
+
+
+def test_an_invalid_run_limit_is_refused_by_name():
+    with pytest.raises(ValueError, match="FRUITS_MAX_ACTIVE_RUNS"):
+        airflow_stack.with_backfill_limit(["backfill", "create"], {"FRUITS_MAX_ACTIVE_RUNS": "0"})

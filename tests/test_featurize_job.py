@@ -153,3 +153,12 @@ def test_model_conversion_is_kept_in_the_given_cache_folder(spark, partition, tm
     written = cached.stat().st_mtime_ns
     featurize.run(spark, args)
     assert cached.stat().st_mtime_ns == written
+
+
+def test_cache_name_has_the_installed_tensorflow_version():
+    # Read from package metadata so that a cache hit does not import TensorFlow.
+    import tensorflow as tf
+
+    from spark_jobs.model import tensorflow_version
+
+    assert tensorflow_version() == tf.__version__

@@ -41,24 +41,13 @@ from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.params import validate_params
 from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
 from tests import dag_harness
-from tests.dag_harness import load_dag, settings_modules_restored
+from tests.dag_harness import ALL_TASKS, load_dag, settings_modules_restored
 from tests.test_dag_local import cluster_ids, cluster_leftovers, tree_digest
 from tests.test_local_backend import SCRIPTS, is_gone, wait_for
 
 airflow_db = dag_harness.airflow_db  # fixture
 
 S3_LAKE = Lake("s3://fruits-lake/prod")
-ALL_TASKS = (
-    "check_uploads",
-    "prepare_run",
-    "create_cluster",
-    "add_steps",
-    "watch_featurize",
-    "watch_pca",
-    "validate",
-    "publish",
-    "terminate_cluster",
-)
 
 
 # --- input validation ----------------------------------------------------------------------

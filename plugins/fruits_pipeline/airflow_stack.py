@@ -21,7 +21,9 @@ state under `<home>/clusters` (`StackConfig.state_dir` to change it). The DAG st
 
 SQLite: run the `airflow` CLI on the stack through `airflow_stack airflow ...` (`airflow_cli`):
 plain `airflow backfill create` fails now and then with "database is locked" while the
-scheduler writes, and the partial backfill Airflow then deletes can crash the scheduler.
+scheduler writes, and the partial backfill Airflow then deletes can crash the scheduler. A
+backfill created that way without `--max-active-runs` gets FRUITS_MAX_ACTIVE_RUNS, not
+Airflow's 10.
 
 `stop` sends SIGTERM to the process group recorded in `<home>/airflow-stack.json`, terminates
 the local clusters still alive under the state directory, then stops whatever process is still
@@ -50,7 +52,7 @@ from typing import Any
 
 import psutil
 
-from fruits_pipeline.settings import REPO_ROOT
+from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
 
 __all__ = [
     "Stack",
@@ -113,10 +115,24 @@ sys.exit(main())
 """
 
 
-def airflow_cli(*args: str) -> list[str]:
+def airflow_cli(*args: str, env: Mapping[str, str] | None = None) -> list[str]:
     """The command running `airflow *args` safely against a stack's SQLite database; run it
-    with the stack's environment (`airflow_env`)."""
-    return [sys.executable, "-c", _AIRFLOW_CLI, *args]
+    with the stack's environment `env` (`airflow_env`), whose run limit backfills get."""
+    return [sys.executable, "-c", _AIRFLOW_CLI, *with_backfill_limit(list(args), env)]
+
+
+def with_backfill_limit(args: list[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """`backfill create` without `--max-active-runs` gets FRUITS_MAX_ACTIVE_RUNS.
+
+    Airflow gives a backfill its own limit, 10 runs at once unless told, whatever the DAG's
+    `max_active_runs`: ten transient clusters. The UI's backfill form asks for the limit.
+    """
+    if args[:2] != ["backfill", "create"] or any(
+        arg == "--max-active-runs" or arg.startswith("--max-active-runs=") for arg in args
+    ):
+        return args
+    limit = PipelineSettings.from_env(env).max_active_runs
+    return [*args, "--max-active-runs", str(limit)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,6 +567,8 @@ def banner(stack: Stack) -> str:
             f"    PYTHONPATH={REPO_ROOT / 'plugins'} {sys.executable} \\",
             f"    -m fruits_pipeline.airflow_stack airflow --home {stack.home} backfill create \\",
             f"    --dag-id {DAG_ID} --from-date D1T00:00 --to-date D3T23:59",
+            "    (`make airflow-cli ARGS=\"backfill create ...\"` for the default home; a backfill",
+            "    without --max-active-runs gets FRUITS_MAX_ACTIVE_RUNS)",
             "  stop everything with: make airflow-stop",
         ]
     )
@@ -576,8 +594,9 @@ def main(argv: list[str] | None = None) -> int:
             stack = read_stack(Path(args.home))
             if stack is None:
                 raise RuntimeError(f"no Airflow runs from {args.home}: `make airflow` first")
-            cli = airflow_cli(*args.args)
-            return subprocess.run(cli, env=airflow_env(stack.config), check=False).returncode
+            env = airflow_env(stack.config)
+            cli = airflow_cli(*args.args, env=env)
+            return subprocess.run(cli, env=env, check=False).returncode
         if args.command == "stop":
             stopped = stop(Path(args.home))
             print(f"Stopped: {', '.join(stopped)}" if stopped else f"Nothing ran from {args.home}")

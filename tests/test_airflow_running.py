@@ -2,7 +2,7 @@
 
 One stack for the module (`fruits_pipeline.airflow_stack`: api-server, scheduler, dag-processor
 and triggerer on 127.0.0.1, SQLite, LocalExecutor) on a free port, with a temporary
-AIRFLOW_HOME, lake and cluster state directory, random weights and FRUITS_MAX_ACTIVE_RUNS=2.
+AIRFLOW_HOME, lake and cluster state directory, random weights and FRUITS_MAX_ACTIVE_RUNS=1.
 The tests run in file order:
 
 - a: in headless Chromium, log in, open `fruits_features`, trigger it through the form with a
@@ -39,6 +39,7 @@ import pytest
 from fruits_pipeline import airflow_stack, local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.samples import make_synthetic_fruits
+from tests.dag_harness import ALL_TASKS, SKIPPED_RUN
 
 pytestmark = pytest.mark.slow
 
@@ -54,26 +55,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DAG_ID = "fruits_features"
-MAX_ACTIVE_RUNS = 2
+# One run at a time: a backfill of two days with uploads, which Airflow would otherwise run side
+# by side (a backfill's own default limit is 10), shows the limit holding.
+MAX_ACTIVE_RUNS = 1
 DAILY_AT = (2, 0)  # FRUITS_DAILY_AT's default, 02:00 UTC
 D_UI = date(2026, 10, 5)  # the run triggered from the form
 D1, D2, D3 = date(2026, 10, 12), date(2026, 10, 13), date(2026, 10, 14)  # the backfill; D2 empty
 IMAGES = 6  # per partition: 2 classes x 3
-ALL_TASKS = {
-    "check_uploads",
-    "prepare_run",
-    "create_cluster",
-    "add_steps",
-    "watch_featurize",
-    "watch_pca",
-    "validate",
-    "publish",
-    "terminate_cluster",
-}
-SKIPPED_RUN = {
-    **dict.fromkeys(ALL_TASKS - {"check_uploads"}, "skipped"),
-    "check_uploads": "success",
-}
 FINISHED = {"success", "failed"}
 RUN_TIMEOUT_S = 900
 
@@ -89,14 +77,18 @@ class Running:
     def state_dir(self) -> Path:
         return self.stack.state_dir
 
+    @property
+    def env(self) -> dict[str, str]:
+        return airflow_stack.airflow_env(self.config)
+
     def api(self, path: str, **kwargs) -> Any:
         return airflow_stack.api(self.stack, path, token=self.token, **kwargs)
 
     def airflow(self, *args: str) -> subprocess.CompletedProcess:
         """The `airflow` CLI on this stack, as `airflow_stack airflow ...` runs it for a user."""
         return subprocess.run(
-            airflow_stack.airflow_cli(*args),
-            env=airflow_stack.airflow_env(self.config),
+            airflow_stack.airflow_cli(*args, env=self.env),
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=300,
@@ -318,8 +310,8 @@ def test_a_a_run_triggered_from_the_ui_form_publishes_its_partition(running):
 def backfill(
     running: Running, first: date, last: date, *extra: str
 ) -> tuple[dict[date, dict[str, Any]], int, list[str]]:
-    """Create a backfill of the days first..last with the CLI, as a user would, and wait until
-    the scheduler completes it.
+    """Create a backfill of the days first..last with the CLI, as a user would (without
+    `--max-active-runs`), and wait until the scheduler completes it.
 
     Returns its runs by the day their data interval starts, the most clusters alive at once
     while it ran, and the clusters it created.
@@ -335,6 +327,8 @@ def backfill(
     assert created.returncode == 0, (created.stdout + created.stderr)[-6000:]
     backfills = running.api(f"/backfills?dag_id={DAG_ID}")["backfills"]
     backfill_id = max(b["id"] for b in backfills)
+    # Not Airflow's default of 10: the DAG's limit, which `airflow_stack airflow` supplies.
+    assert running.api(f"/backfills/{backfill_id}")["max_active_runs"] == MAX_ACTIVE_RUNS
     peak = 0
 
     def sample() -> None:
@@ -409,7 +403,8 @@ def test_b_a_backfill_publishes_each_day_and_skips_the_empty_one(running, backfi
     for cluster_id in clusters:
         cluster = local_cluster.describe_cluster(running.state_dir, cluster_id)
         assert (cluster["state"], cluster["reason"]) == ("TERMINATED", "user request")
-    assert 1 <= peak <= MAX_ACTIVE_RUNS
+    # Two days to process and one cluster at a time: never both clusters alive.
+    assert peak == MAX_ACTIVE_RUNS == 1
     assert running.api(f"/dags/{DAG_ID}")["max_active_runs"] == MAX_ACTIVE_RUNS
 
 
