@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-sizes", default="8,16,32,64", help="the fastest one counts")
     parser.add_argument("--features", help="Parquet of (b): compare with plain Keras")
     parser.add_argument("--keras-check", type=int, default=256)
     args = parser.parse_args(argv)
@@ -45,10 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     weights = Weights(args.weights, args.weights, file_sha256(args.weights))
     paths = sorted(Path(args.input).rglob("*.jpg"))[: args.images]
     data = decoded(paths)
-    batches = [data[i : i + args.batch_size] for i in range(0, len(data), args.batch_size)]
     cores = os.cpu_count() or 1
+    featurizer = Featurizer(tflite_model(weights), cores)
+    by_batch_size = {}
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        batches = [data[i : i + size] for i in range(0, len(data), size)]
+        by_batch_size[size] = images_per_second(featurizer, batches)
+    batches = [data[i : i + 32] for i in range(0, len(data), 32)]
     result = {
-        "tflite_all_cores": images_per_second(Featurizer(tflite_model(weights), cores), batches),
+        "tflite_all_cores": max(by_batch_size.values()),
+        "tflite_by_batch_size": by_batch_size,
     }
     keras_model = build_keras_model(weights)
     result["keras_predict_on_batch"] = images_per_second(

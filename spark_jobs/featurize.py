@@ -206,26 +206,34 @@ def write_outputs(spark, outcomes, listed: list[str], root: str, output: str, er
 
     outcomes = outcomes.persist(StorageLevel.DISK_ONLY)
     try:
-        # The parallel write computes the features and fills the cache; reading the paths back
-        # first would compute the partitions one at a time.
+        # The parallel write computes the features and fills the cache; reading the outcomes back
+        # first would compute the partitions one at a time. Then one job brings back what the
+        # driver needs, without the features: a row per file.
         (
             outcomes.where(F.col("error").isNull())
             .select("path", "label", "features")
             .write.mode("overwrite")
             .parquet(output)
         )
-        read = {row.path for row in outcomes.select("path").toLocalIterator()}
-        unread = spark.createDataFrame(unread_rows(listed, read, root), OUTCOME_SCHEMA)
-        failed = outcomes.where(F.col("error").isNotNull()).unionByName(unread)
-        failed.select("path", "label", "error").coalesce(1).write.mode("overwrite").parquet(errors)
-        featurized = len(read) - outcomes.where(F.col("error").isNotNull()).count()
+        read = outcomes.select("path", "label", "error").collect()
     finally:
         outcomes.unpersist()
-    error_count = len(read) - featurized + unread.count()
+    failed = [(r.path, r.label, r.error) for r in read if r.error is not None]
+    failed += [
+        (path, label, error)
+        for path, label, _, error in unread_rows(listed, {r.path for r in read}, root)
+    ]
+    (
+        spark.createDataFrame(failed, "path string, label string, error string")
+        .coalesce(1)
+        .write.mode("overwrite")
+        .parquet(errors)
+    )
+    featurized = len(read) - sum(1 for r in read if r.error is not None)
     return {
-        "images_found": featurized + error_count,
+        "images_found": featurized + len(failed),
         "featurized": featurized,
-        "errors": error_count,
+        "errors": len(failed),
     }
 
 

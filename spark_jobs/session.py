@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+
 
 def launched_by_spark_submit() -> bool:
     # spark-submit starts the JVM first and hands its gateway to Python through this variable.
@@ -38,6 +40,9 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.ui.enabled", "false")
             .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "2g"))
+            # The JVM only moves bytes here; the work is in Python. Its C2 JIT compiler took
+            # 17 of the 80 CPU-seconds of a 45 s featurize run on 2 cores; C1 alone takes 2.
+            .config("spark.driver.extraJavaOptions", LOCAL_JAVA_OPTIONS)
         )
     return builder.getOrCreate()
 

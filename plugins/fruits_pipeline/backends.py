@@ -37,7 +37,14 @@ class LocalBackend:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
         lake = self.settings.lake
-        conf = {"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1"}
+        conf = {
+            "spark.ui.enabled": "false",
+            "spark.driver.host": "127.0.0.1",
+            # Short jobs whose heavy work is in Python: the C2 JIT compiler would burn a third of
+            # the cores' time in a one-minute job (see spark_jobs/session.py).
+            "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+            "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+        }
         jobs = [
             (
                 "featurize",
