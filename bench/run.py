@@ -246,7 +246,7 @@ print(json.dumps({"fit_s": time.perf_counter() - loaded, "k": k,
 def pca_benchmarks(work: Path, env: dict[str, str], sizes: list[int]) -> list[dict]:
     rows = []
     for size in sizes:
-        data = work / "features" if size == 0 else work / f"vectors-{size}"
+        data = work / "features-full" if size == 0 else work / f"vectors-{size}"
         if size:
             write_vectors(data, size, seed=size)
         out = work / f"pca-{size}"
@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as folder:
         work = Path(folder)
         results["featurize"] = featurize_benchmarks(work, env)
+        # Kept at once: a later part failing must not lose twenty minutes of measurements.
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "featurize.json").write_text(json.dumps(results, indent=2))
         if not args.skip_pca:
             sizes = [int(s) for s in args.pca_sizes.split(",")]
             results["pca"] = pca_benchmarks(work, env, sizes)
