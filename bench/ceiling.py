@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--batch-sizes", default="8,16,32,64", help="the fastest one counts")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="the fastest one counts")
     parser.add_argument("--features", help="Parquet of (b): compare with plain Keras")
     parser.add_argument("--keras-check", type=int, default=256)
     args = parser.parse_args(argv)

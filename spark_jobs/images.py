@@ -78,25 +78,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def preprocess(image: Image.Image) -> np.ndarray:
-    """Model input for one decoded image: float32 (224, 224, 3) in [-1, 1].
+    """Model input for one decoded image: float32 (224, 224, 3) in [-1, 1]."""
+    return to_model_scale(pixels(image))
 
-    Equal to `keras.applications.mobilenet_v2.preprocess_input` (x / 127.5 - 1), written out
-    here so that decoding does not import TensorFlow; a test checks the equality.
-    """
+
+def pixels(image: Image.Image) -> np.ndarray:
+    """The 224x224 RGB pixels the model sees, uint8 (224, 224, 3): upright, RGB, resized."""
     upright = ImageOps.exif_transpose(image)
     resized = to_rgb(upright).resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)
-    pixels = np.asarray(resized, dtype=np.float32)
-    return pixels / np.float32(127.5) - np.float32(1.0)
+    return np.asarray(resized, dtype=np.uint8)
 
 
-def load_model_input(data: bytes) -> np.ndarray:
-    """Bytes of an uploaded file to model input, or BadImage with the reason."""
+def to_model_scale(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels (..., 224, 224, 3) to float32 in [-1, 1], one image or a batch at once.
+
+    Equal to `keras.applications.mobilenet_v2.preprocess_input` (x / 127.5 - 1), written out
+    here so that decoding does not import TensorFlow; a test checks the equality. A whole batch
+    in one pass makes one float array instead of four per image.
+    """
+    scaled = np.divide(pixels, np.float32(127.5), dtype=np.float32)
+    scaled -= np.float32(1.0)
+    return scaled
+
+
+def load_pixels(data: bytes) -> np.ndarray:
+    """Bytes of an uploaded file to uint8 model pixels, or BadImage with the reason."""
     image = open_image(data)
     try:
-        return preprocess(image)
+        return pixels(image)
     except BadImage:
         raise
     except Exception as exc:
         raise BadImage(f"cannot convert image ({image.mode}): {type(exc).__name__}: {exc}") from exc
     finally:
         image.close()
+
+
+def load_model_input(data: bytes) -> np.ndarray:
+    """Bytes of an uploaded file to model input, or BadImage with the reason."""
+    return to_model_scale(load_pixels(data))

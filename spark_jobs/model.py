@@ -24,6 +24,9 @@ import numpy as np
 
 FEATURE_DIM = 1280
 INPUT_SHAPE = (224, 224, 3)
+# Images per interpreter call. On one XNNPACK thread, batches of 1 to 4 run at about 160
+# images/s and 32 at 128: small batches keep the activations in cache (`make bench` prints it).
+MODEL_BATCH_SIZE = 4
 RANDOM_WEIGHTS_SEED = 0
 IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 WEIGHTS_ALTERNATIVES = (
@@ -200,7 +203,7 @@ class Featurizer:
     imports TensorFlow. XNNPACK runs `threads` threads; nothing else in the worker spins up pools.
     """
 
-    def __init__(self, flatbuffer: bytes, threads: int):
+    def __init__(self, flatbuffer: bytes, threads: int, batch_size: int = MODEL_BATCH_SIZE):
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
@@ -208,27 +211,37 @@ class Featurizer:
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = 0
         self.threads = threads
+        self.batch_size = batch_size
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if len(batch) == 0:
-            return np.zeros((0, FEATURE_DIM), np.float32)
+        """Features of `batch`, `batch_size` images per model call whatever the length."""
+        features = np.empty((len(batch), FEATURE_DIM), np.float32)
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start : start + self.batch_size]
+            features[start : start + len(chunk)] = self._invoke(chunk)
+        return features
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) != self._batch:
             self._interpreter.resize_tensor_input(self._input, [len(batch), *INPUT_SHAPE])
             self._interpreter.allocate_tensors()
             self._batch = len(batch)
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(batch, np.float32))
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).copy()
+        return self._interpreter.get_tensor(self._output)
 
 
-_featurizers: dict[tuple[str, int], Featurizer] = {}
+_featurizers: dict[tuple[str, int, int], Featurizer] = {}
 _featurizers_lock = threading.Lock()
 
 
-def cached_featurizer(key: str, flatbuffer: Callable[[], bytes], threads: int) -> Featurizer:
+def cached_featurizer(
+    key: str, flatbuffer: Callable[[], bytes], threads: int, batch_size: int = MODEL_BATCH_SIZE
+) -> Featurizer:
     """One Featurizer per Python worker and model: Spark reuses workers across tasks."""
     with _featurizers_lock:
-        featurizer = _featurizers.get((key, threads))
+        featurizer = _featurizers.get((key, threads, batch_size))
         if featurizer is None:
-            featurizer = _featurizers[(key, threads)] = Featurizer(flatbuffer(), threads)
+            featurizer = Featurizer(flatbuffer(), threads, batch_size)
+            _featurizers[(key, threads, batch_size)] = featurizer
         return featurizer

@@ -18,7 +18,9 @@ from spark_jobs.images import (
     BadImage,
     load_model_input,
     open_image,
+    pixels,
     preprocess,
+    to_model_scale,
     to_rgb,
 )
 from spark_jobs.inputs import NoLabelFolder, label_for
@@ -236,9 +238,19 @@ def test_preprocess_equals_keras_mobilenet_v2_preprocess_input():
     ramp = Image.fromarray(np.tile(levels, (224, 1)), "L").convert("RGB")
     assert ramp.size == (256, 224)
     keras_levels = np.asarray(preprocess_input(np.stack([levels] * 3, axis=-1).copy()))
-    ours = np.asarray(levels, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+    ours = to_model_scale(levels)
+    assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, keras_levels[:, 0], rtol=0, atol=1e-6)
     assert (ours[0], ours[255]) == (-1.0, 1.0)
+
+
+def test_a_batch_is_scaled_as_each_of_its_images():
+    # The featurize job scales a whole decoded batch at once; the results must not depend on it.
+    images = [_noise_rgb(100 + 10 * i, 90, seed=i) for i in range(3)]
+    batch = to_model_scale(np.stack([pixels(image) for image in images]))
+    assert batch.shape == (3, *MODEL_INPUT_SIZE, 3) and batch.dtype == np.float32
+    for scaled, image in zip(batch, images, strict=True):
+        np.testing.assert_array_equal(scaled, preprocess(image))
 
 
 @pytest.mark.parametrize("size", [(100, 100), (173, 131), (224, 224), (640, 480), (31, 500)])
