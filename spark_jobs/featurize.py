@@ -269,6 +269,8 @@ def write_outputs(
         outcomes.where(F.col("error").isNull())
         .select("path", "label", "features")
         .write.mode("overwrite")
+        # Feature values almost never repeat: a dictionary of them is built and thrown away.
+        .option("parquet.enable.dictionary", "false")
         .parquet(output)
     )
     failed = list(failures.value)
