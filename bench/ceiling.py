@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(Path(args.input).rglob("*.jpg"))[: args.images]
     data = decoded(paths)
     cores = os.cpu_count() or 1
-    featurizer = Featurizer(tflite_model(weights), cores)
+    flatbuffer = tflite_model(weights)
     by_batch_size = {}
     for size in (int(s) for s in args.batch_sizes.split(",")):
+        # One interpreter call per batch: the Featurizer would otherwise split it.
+        featurizer = Featurizer(flatbuffer, cores, batch_size=size)
         batches = [data[i : i + size] for i in range(0, len(data), size)]
         by_batch_size[size] = images_per_second(featurizer, batches)
     batches = [data[i : i + 32] for i in range(0, len(data), 32)]
