@@ -121,16 +121,6 @@ def outcome_batch(decoded: DecodedBatch, featurize_batch) -> pa.RecordBatch:
     )
 
 
-def outcome_rows(
-    paths: list[str], contents: list[bytes], root: str, featurize_batch
-) -> pa.RecordBatch:
-    """Decode one batch of files and run the model on the good ones; bad ones get a reason.
-
-    Pure over pyarrow and numpy: `featurize_batch` maps (n, 224, 224, 3) to (n, 1280).
-    """
-    return outcome_batch(decode_batch(paths, contents, root), featurize_batch)
-
-
 class RowsParam:
     """An accumulator of lists of rows (pyspark's AccumulatorParam protocol)."""
 
