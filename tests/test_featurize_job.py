@@ -12,8 +12,15 @@ import pytest
 
 from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
 from spark_jobs import featurize
-from spark_jobs.images import load_model_input
-from spark_jobs.model import FEATURE_DIM, Weights, WeightsUnavailable, build_keras_model
+from spark_jobs.images import load_model_input, load_pixels, to_model_scale
+from spark_jobs.model import (
+    FEATURE_DIM,
+    Featurizer,
+    Weights,
+    WeightsUnavailable,
+    build_keras_model,
+    tflite_model,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +115,41 @@ def test_features_equal_plain_keras(partition, outputs):
     expected = keras_model.predict(batch, verbose=0)
     got = np.stack(features["features"].to_numpy())
     assert np.abs(got - expected).max() < 1e-3
+
+
+def test_featurizer_scales_pixels_into_its_input_as_the_model_scale_does(partition):
+    # The job hands uint8 pixels to the interpreter; the ceiling and tests hand float input.
+    root, synthetic, _ = partition
+    contents = [(root / relpath).read_bytes() for relpath in sorted(synthetic)[:5]]
+    pixel_views = [load_pixels(content) for content in contents]
+    featurizer = Featurizer(tflite_model(Weights("random", None, None)), threads=1, batch_size=2)
+    from_pixels = featurizer(pixel_views)
+    from_floats = featurizer(to_model_scale(np.stack(pixel_views)))
+    assert from_pixels.shape == (5, FEATURE_DIM)
+    np.testing.assert_array_equal(from_pixels, from_floats)
+    assert np.abs(from_pixels - featurizer(pixel_views[::-1])[::-1]).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("images", "cores", "per_task", "tasks"),
+    [(0, 2, 512, 2), (1, 2, 512, 2), (1024, 2, 512, 2), (1025, 2, 512, 4), (4120, 2, 512, 10),
+     (4096, 8, 512, 8), (4120, 8, 512, 16), (100_000, 4, 512, 196)],
+)
+def test_task_count_is_a_multiple_of_the_cores_within_the_cap(images, cores, per_task, tasks):
+    count = featurize.task_count(images, cores, per_task)
+    assert count == tasks
+    assert count % cores == 0 and -(-images // count) <= per_task
+
+
+def test_files_are_spread_evenly_over_the_tasks(spark, tmp_path):
+    root = tmp_path / "raw"
+    make_synthetic_fruits(root, n_classes=3, per_class=7, seed=2)  # 21 files
+    featurize.tune_for_images(spark, 21)
+    images = featurize.read_images(spark, str(root))
+    sizes = images.rdd.mapPartitions(lambda rows: [sum(1 for _ in rows)]).collect()
+    cores = spark.sparkContext.defaultParallelism
+    assert len(sizes) == featurize.task_count(21, cores) and sum(sizes) == 21
+    assert max(sizes) - min(sizes) <= 2, sizes
 
 
 def test_rerun_replaces_outputs(spark, partition, outputs, tmp_path):

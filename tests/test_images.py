@@ -253,6 +253,30 @@ def test_a_batch_is_scaled_as_each_of_its_images():
         np.testing.assert_array_equal(scaled, preprocess(image))
 
 
+def test_pixels_are_the_resized_image_and_outlive_it():
+    # `pixels` views the resized image's memory (no copy): the view must keep it alive.
+    images = [_noise_rgb(100 + 7 * i, 100, seed=i) for i in range(8)]
+    expected = [np.asarray(im.resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)) for im in images]
+    views = [pixels(image) for image in images]
+    del images
+    import gc
+
+    gc.collect()
+    churn = [np.full((224, 224, 4), 7, np.uint8) for _ in range(64)]  # reuse freed memory
+    assert len(churn) == 64
+    for view, want in zip(views, expected, strict=True):
+        assert view.shape == (*MODEL_INPUT_SIZE, 3) and view.dtype == np.uint8
+        np.testing.assert_array_equal(view, want)
+
+
+def test_scaling_into_a_given_array_equals_scaling_into_a_new_one():
+    levels = np.asarray(_noise_rgb(224, 224, seed=3))
+    target = np.full((*MODEL_INPUT_SIZE, 3), np.nan, np.float32)
+    returned = to_model_scale(levels, out=target)
+    assert returned is target
+    np.testing.assert_array_equal(target, to_model_scale(levels))
+
+
 @pytest.mark.parametrize("size", [(100, 100), (173, 131), (224, 224), (640, 480), (31, 500)])
 def test_resize_is_bicubic_to_224(size):
     image = _noise_rgb(*size, seed=size[0])
