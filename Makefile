@@ -14,7 +14,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast lint demo verify bench clean
+.PHONY: install test test-fast lint demo verify bench bench-batch clean
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ verify: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# The featurize job's batch size: one single-threaded interpreter per core, side by side.
+bench-batch: $(STAMP)
+	$(PY) -m bench.side_by_side --input ../shared/data/fruits360-bench \
+		--weights ../shared/models/mobilenet_v2_1.0_224_imagenet_notop.weights.h5
 
 clean:
 	rm -rf .lake .demo build .pytest_cache .ruff_cache

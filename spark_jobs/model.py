@@ -26,9 +26,10 @@ from spark_jobs.images import to_model_scale
 
 FEATURE_DIM = 1280
 INPUT_SHAPE = (224, 224, 3)
-# Images per interpreter call. Two single-threaded interpreters side by side (the featurize job
-# on 2 cores) ran 328, 340, 315 and 304 images/s at batches of 1, 2, 4 and 8: small batches keep
-# the activations in each core's cache.
+# Images per interpreter call. Two single-threaded interpreters side by side, as the featurize
+# job runs them on 2 cores, gave 384, 360, 336 and 316 images/s at batches of 1, 2, 4 and 8
+# (`make bench-batch`): small batches keep the activations in each core's cache. In the job,
+# 1 and 2 do not differ beyond noise; 2 is also the one-process ceiling's best in `make bench`.
 MODEL_BATCH_SIZE = 2
 RANDOM_WEIGHTS_SEED = 0
 IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"

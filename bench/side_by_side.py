@@ -1,0 +1,91 @@
+"""Batch size for the featurize job: one single-threaded interpreter per core, all at once.
+
+The job runs one Python worker per core, each with a one-thread interpreter; this measures that
+arrangement on pre-decoded photos (no Spark) at each batch size, and, for comparison in the same
+run, one process with a thread per core, as the ceiling (c) of `make bench` runs.
+
+    python -m bench.side_by_side --input ROOT --weights FILE [--batch-sizes 1,2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.ceiling import decoded, images_per_second
+from spark_jobs.model import Featurizer, Weights, file_sha256, tflite_model
+
+
+def _worker(flatbuffer: bytes, paths: list[Path], batch_size: int, barrier, results) -> None:
+    data = decoded(paths)
+    featurizer = Featurizer(flatbuffer, threads=1, batch_size=batch_size)
+    featurizer(data[:batch_size])  # warm-up: allocation, XNNPACK packing
+    barrier.wait()
+    started = time.time()
+    for _ in range(2):
+        featurizer(data)
+    results.put((2 * len(data), started, time.time()))
+
+
+def side_by_side(flatbuffer: bytes, paths: list[Path], batch_size: int, processes: int) -> float:
+    """Images/s of `processes` one-thread interpreters started at once: all their images over
+    the time from the first start to the last end (a process left running alone would go
+    faster)."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=_worker, args=(flatbuffer, paths, batch_size, barrier, results))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        runs = [results.get(timeout=600) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    images = sum(count for count, _, _ in runs)
+    return images / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    args = parser.parse_args(argv)
+    weights = Weights(args.weights, args.weights, file_sha256(args.weights))
+    flatbuffer = tflite_model(weights)
+    paths = sorted(Path(args.input).rglob("*.jpg"))[: args.images]
+    processes = os.cpu_count() or 1
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    side = {size: round(side_by_side(flatbuffer, paths, size, processes), 1) for size in sizes}
+    # The same photos in one process with `processes` threads, as the ceiling (c) runs them.
+    data = decoded(paths)
+    one = {}
+    for size in sizes:
+        featurizer = Featurizer(flatbuffer, processes, batch_size=size)
+        batches = [data[i : i + size] for i in range(0, len(data), size)]
+        one[size] = round(images_per_second(featurizer, batches), 1)
+    print(
+        json.dumps(
+            {
+                "processes": processes,
+                "side_by_side_images_per_s": side,
+                "one_process_all_threads_images_per_s": one,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
