@@ -59,8 +59,7 @@ bench: $(STAMP)
 
 # The featurize job's batch size: one single-threaded interpreter per core, side by side.
 bench-batch: $(STAMP)
-	$(PY) -m bench.side_by_side --input ../shared/data/fruits360-bench \
-		--weights ../shared/models/mobilenet_v2_1.0_224_imagenet_notop.weights.h5
+	$(PY) -m bench.side_by_side
 
 clean:
 	rm -rf .lake .demo build .pytest_cache .ruff_cache

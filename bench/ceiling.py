@@ -32,6 +32,19 @@ def images_per_second(run, batches: list[np.ndarray], repeats: int = 2) -> float
     return repeats * sum(len(b) for b in batches) / (time.perf_counter() - started)
 
 
+def one_process_by_batch_size(
+    flatbuffer: bytes, data: np.ndarray, sizes: list[int], threads: int
+) -> dict[int, float]:
+    """Images/s of one interpreter with `threads` threads, at each batch size."""
+    rates = {}
+    for size in sizes:
+        # One interpreter call per batch: the Featurizer would otherwise split it.
+        featurizer = Featurizer(flatbuffer, threads, batch_size=size)
+        batches = [data[i : i + size] for i in range(0, len(data), size)]
+        rates[size] = images_per_second(featurizer, batches)
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", required=True)
@@ -47,12 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     data = decoded(paths)
     cores = os.cpu_count() or 1
     flatbuffer = tflite_model(weights)
-    by_batch_size = {}
-    for size in (int(s) for s in args.batch_sizes.split(",")):
-        # One interpreter call per batch: the Featurizer would otherwise split it.
-        featurizer = Featurizer(flatbuffer, cores, batch_size=size)
-        batches = [data[i : i + size] for i in range(0, len(data), size)]
-        by_batch_size[size] = images_per_second(featurizer, batches)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    by_batch_size = one_process_by_batch_size(flatbuffer, data, sizes, threads=cores)
     batches = [data[i : i + 32] for i in range(0, len(data), 32)]
     result = {
         "tflite_all_cores": max(by_batch_size.values()),

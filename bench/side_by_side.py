@@ -4,7 +4,9 @@ The job runs one Python worker per core, each with a one-thread interpreter; thi
 arrangement on pre-decoded photos (no Spark) at each batch size, and, for comparison in the same
 run, one process with a thread per core, as the ceiling (c) of `make bench` runs.
 
-    python -m bench.side_by_side --input ROOT --weights FILE [--batch-sizes 1,2,4,8]
+    python -m bench.side_by_side [--input ROOT] [--weights FILE] [--batch-sizes 1,2,4,8]
+
+Defaults: ../shared's bench photos and real weights, as `make bench`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.ceiling import decoded, images_per_second
+from bench.ceiling import decoded, one_process_by_batch_size
+from bench.run import BENCH_IMAGES, SHARED, WEIGHTS
 from spark_jobs.model import Featurizer, Weights, file_sha256, tflite_model
 
 
@@ -57,11 +60,14 @@ def side_by_side(flatbuffer: bytes, paths: list[Path], batch_size: int, processe
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("--input", default=str(BENCH_IMAGES))
+    parser.add_argument("--weights", default=str(WEIGHTS))
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     args = parser.parse_args(argv)
+    if not (Path(args.input).is_dir() and Path(args.weights).is_file()):
+        print(f"bench-batch needs photos and real weights ({SHARED}); absent here")
+        return 2
     weights = Weights(args.weights, args.weights, file_sha256(args.weights))
     flatbuffer = tflite_model(weights)
     paths = sorted(Path(args.input).rglob("*.jpg"))[: args.images]
@@ -69,18 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     side = {size: round(side_by_side(flatbuffer, paths, size, processes), 1) for size in sizes}
     # The same photos in one process with `processes` threads, as the ceiling (c) runs them.
-    data = decoded(paths)
-    one = {}
-    for size in sizes:
-        featurizer = Featurizer(flatbuffer, processes, batch_size=size)
-        batches = [data[i : i + size] for i in range(0, len(data), size)]
-        one[size] = round(images_per_second(featurizer, batches), 1)
+    one = one_process_by_batch_size(flatbuffer, decoded(paths), sizes, threads=processes)
     print(
         json.dumps(
             {
                 "processes": processes,
                 "side_by_side_images_per_s": side,
-                "one_process_all_threads_images_per_s": one,
+                "one_process_all_threads_images_per_s": {k: round(v, 1) for k, v in one.items()},
             }
         )
     )

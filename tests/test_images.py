@@ -1,5 +1,6 @@
 """Bytes of an upload to MobileNetV2 input: decoding, colour modes, resizing and refusals."""
 
+import gc
 import io
 import json
 import os
@@ -259,8 +260,6 @@ def test_pixels_are_the_resized_image_and_outlive_it():
     expected = [np.asarray(im.resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)) for im in images]
     views = [pixels(image) for image in images]
     del images
-    import gc
-
     gc.collect()
     churn = [np.full((224, 224, 4), 7, np.uint8) for _ in range(64)]  # reuse freed memory
     assert len(churn) == 64
