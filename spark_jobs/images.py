@@ -1,6 +1,6 @@
 """Image decoding and preprocessing: the one place that turns uploaded bytes into model input.
 
-Pillow, numpy and pyarrow only (no TensorFlow), so decoding can run in threads beside inference
+Pillow and numpy only (no TensorFlow), so decoding can run in threads beside inference
 and tests stay light. The steps follow the seeds: Pillow decode, any mode to RGB, resize to
 224x224 with bicubic resampling, MobileNetV2's `preprocess_input` scaling to [-1, 1].
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MODEL_INPUT_SIZE = (224, 224)
@@ -86,17 +85,13 @@ def preprocess(image: Image.Image) -> np.ndarray:
 def pixels(image: Image.Image) -> np.ndarray:
     """The 224x224 RGB pixels the model sees, uint8 (224, 224, 3): upright, RGB, resized.
 
-    The array is a view of the resized image's own memory through Pillow's Arrow export (RGB
-    is stored as RGBX): `np.asarray` would copy it, 0.12 ms an image, a sixth of decoding.
-    The export keeps that memory alive for as long as the view lives.
+    A C-contiguous copy (`np.asarray`, 0.03 ms): scaling it into the model's input takes 0.06 ms
+    where a strided view of Pillow's RGBX memory took 0.22 ms (numpy steps through 3 of every 4
+    bytes element by element), so the copy saves 0.16 ms of a worker's time per image.
     """
     upright = ImageOps.exif_transpose(image)
     resized = to_rgb(upright).resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)
-    rgbx = pa.array(resized).flatten()
-    width, height = MODEL_INPUT_SIZE
-    return np.frombuffer(
-        rgbx.buffers()[1], np.uint8, count=height * width * 4, offset=rgbx.offset
-    ).reshape(height, width, 4)[..., :3]
+    return np.asarray(resized)
 
 
 def to_model_scale(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

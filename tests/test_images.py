@@ -254,8 +254,8 @@ def test_a_batch_is_scaled_as_each_of_its_images():
         np.testing.assert_array_equal(scaled, preprocess(image))
 
 
-def test_pixels_are_the_resized_image_and_outlive_it():
-    # `pixels` views the resized image's memory (no copy): the view must keep it alive.
+def test_pixels_are_the_resized_image_contiguous_and_outlive_it():
+    # Contiguous, so scaling reads them in one sweep; and valid once the image is freed.
     images = [_noise_rgb(100 + 7 * i, 100, seed=i) for i in range(8)]
     expected = [np.asarray(im.resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)) for im in images]
     views = [pixels(image) for image in images]
@@ -265,6 +265,7 @@ def test_pixels_are_the_resized_image_and_outlive_it():
     assert len(churn) == 64
     for view, want in zip(views, expected, strict=True):
         assert view.shape == (*MODEL_INPUT_SIZE, 3) and view.dtype == np.uint8
+        assert view.flags["C_CONTIGUOUS"]
         np.testing.assert_array_equal(view, want)
 
 
