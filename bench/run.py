@@ -33,12 +33,14 @@ RESULTS = REPO / "bench" / "results"
 TARGETS = {"b/a throughput": 5.0, "b/a whole process": 3.5, "b/c throughput": 0.8}
 
 
-class MemorySampler:
-    """Peak RSS of a process tree, and of its largest PySpark Python worker, sampled."""
+class TreeSampler:
+    """Peak RSS of a process tree and of its largest PySpark Python worker, and the CPU seconds
+    of its JVMs and of its Python workers, sampled (a process's last 0.2 s may be missed)."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
         self.pid, self.interval_s = pid, interval_s
         self.peak_total = self.peak_worker = self.peak_root = 0
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, last CPU seconds seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -59,8 +61,14 @@ class MemorySampler:
                 try:
                     rss = proc.memory_info().rss
                     total += rss
-                    if "pyspark.daemon" in " ".join(proc.cmdline()):
+                    command = " ".join(proc.cmdline())
+                    if "pyspark.daemon" in command:
                         self.peak_worker = max(self.peak_worker, rss)
+                    times = proc.cpu_times()
+                    kind = "jvm" if "java" in proc.name() else "other"
+                    if "pyspark.daemon" in command:
+                        kind = "python_workers"
+                    self._cpu[proc.pid] = (kind, times.user + times.system)
                 except psutil.Error:
                     continue
             self.peak_total = max(self.peak_total, total)
@@ -70,6 +78,12 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
 
+    def cpu_seconds(self) -> dict[str, float]:
+        totals = {"jvm": 0.0, "python_workers": 0.0, "other": 0.0}
+        for kind, seconds in self._cpu.values():
+            totals[kind] += seconds
+        return totals
+
 
 def run_measured(command: list[str], env: dict[str, str]) -> dict:
     """Run a command; wall time, peak memory, and the JSON its last stdout line prints."""
@@ -77,7 +91,7 @@ def run_measured(command: list[str], env: dict[str, str]) -> dict:
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    sampler = MemorySampler(process.pid)
+    sampler = TreeSampler(process.pid)
     stdout, stderr = process.communicate()
     sampler.stop()
     wall = time.perf_counter() - started
@@ -88,6 +102,7 @@ def run_measured(command: list[str], env: dict[str, str]) -> dict:
         "peak_rss_mb": sampler.peak_total / 2**20,
         "peak_python_worker_mb": sampler.peak_worker / 2**20,
         "peak_main_process_mb": sampler.peak_root / 2**20,
+        "cpu_s": sampler.cpu_seconds(),
         **json.loads(stdout.strip().splitlines()[-1]),
     }
 
@@ -138,6 +153,27 @@ def steady_images_per_s(full: dict, quarter: dict, images: int, quarter_images: 
     return (images - quarter_images) / (full["processing_s"] - quarter["processing_s"])
 
 
+def steady_cpu_ms_per_photo(full: dict, quarter: dict, images: int, quarter_images: int) -> dict:
+    """Where (b)'s CPU time goes, per photo once started (the extra photos over the extra CPU
+    seconds, as for throughput): the workers' decoding and model threads from the job's
+    manifest, the rest of the workers, and the JVM, from the process tree's CPU times."""
+
+    def per_photo(seconds: float, quarter_seconds: float) -> float:
+        return 1000 * (seconds - quarter_seconds) / (images - quarter_images)
+
+    decoding = per_photo(full["worker_cpu_s"]["decoding"], quarter["worker_cpu_s"]["decoding"])
+    model = per_photo(full["worker_cpu_s"]["model"], quarter["worker_cpu_s"]["model"])
+    workers = per_photo(full["cpu_s"]["python_workers"], quarter["cpu_s"]["python_workers"])
+    jvm = per_photo(full["cpu_s"]["jvm"], quarter["cpu_s"]["jvm"])
+    return {
+        "model": model,
+        "decoding": decoding,
+        "python_workers_other": workers - model - decoding,
+        "jvm": jvm,
+        "total": workers + jvm,
+    }
+
+
 def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
     images = sum(1 for _ in BENCH_IMAGES.rglob("*.jpg"))
     quarter_images = subset(BENCH_IMAGES, work / "quarter", per_class=10)
@@ -162,7 +198,11 @@ def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
 
         def processing(run: dict) -> dict:
             manifest = json.loads((output / "_featurize.json").read_text())
-            return {**run, "processing_s": manifest["timings_s"]["featurize_and_write"]}
+            return {
+                **run,
+                "processing_s": manifest["timings_s"]["featurize_and_write"],
+                "worker_cpu_s": manifest["worker_cpu_s"],
+            }
 
         return best_run(command, run_env, after=processing)
 
@@ -197,6 +237,7 @@ def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
             "images_per_s": steady_images_per_s(b_full, b_quarter, images, quarter_images),
             "end_to_end_images_per_s": images / b_full["processing_s"],
             "whole_process_cold_model_cache_s": cold["wall_s"],
+            "cpu_ms_per_photo": steady_cpu_ms_per_photo(b_full, b_quarter, images, quarter_images),
             "quarter": b_quarter,
         },
         "c_ceiling": ceiling,
@@ -350,6 +391,9 @@ def table(results: dict) -> str:
         f"{b['whole_process_cold_model_cache_s']:.1f} s",
         f"(b) peak Python worker: {b['quarter']['peak_python_worker_mb']:.0f} MB on "
         f"{f['quarter_images']} photos, {b['peak_python_worker_mb']:.0f} MB on {f['images']}",
+        "(b) CPU per photo once started, ms: "
+        + ", ".join(f"{name} {ms:.2f}" for name, ms in b["cpu_ms_per_photo"].items())
+        + f"; 0.8 x (c) allows {os.cpu_count() * 1000 / (0.8 * c['tflite_all_cores']):.2f}",
         f"largest |(b) - plain Keras| over {c['keras_checked_images']} photos: "
         f"{c['largest_difference_to_keras']:.2e} (target < 1e-3)",
         "",

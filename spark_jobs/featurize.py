@@ -4,7 +4,8 @@
     spark-submit --py-files spark_jobs.zip spark_jobs/featurize.py --input ... (the EMR form)
 
 --output gets Parquet (path, label, features list<float32> of 1280) and `_featurize.json`: the
-weights used (path, sha256), counts and timings. --errors gets Parquet (path, label, error).
+weights used (path, sha256), counts, timings, and the CPU seconds the Python workers spent
+decoding and in the model. --errors gets Parquet (path, label, error).
 A bad file never stops the job; rerunning with the same outputs replaces them.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -122,6 +124,16 @@ def outcome_batch(decoded: DecodedBatch, featurize_batch) -> pa.RecordBatch:
     )
 
 
+class SecondsParam:
+    """An accumulator of named seconds, summed key by key (pyspark's AccumulatorParam)."""
+
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, seconds: dict, more: dict) -> dict:  # noqa: N802 (Spark's name)
+        return dict(Counter(seconds) + Counter(more))
+
+
 class RowsParam:
     """An accumulator of lists of rows (pyspark's AccumulatorParam protocol)."""
 
@@ -140,6 +152,7 @@ def featurize_partition(
     model_key: str,
     flatbuffer,
     failures=None,
+    cpu_seconds=None,
     batch_size: int = MODEL_BATCH_SIZE,
     overlap_decoding: bool = True,
 ) -> Iterator[pa.RecordBatch]:
@@ -147,20 +160,32 @@ def featurize_partition(
 
     With `overlap_decoding`, a thread decodes the next batch while the model runs on this one
     (Pillow and TFLite both release the GIL); at most two batches are in memory. `failures`, an
-    accumulator, also receives the (path, label, error) of every file that failed.
+    accumulator, also receives the (path, label, error) of every file that failed;
+    `cpu_seconds` the CPU time of the threads decoding and running the model (with one XNNPACK
+    thread, inference runs in the calling thread, so its thread CPU time is the model's).
     """
     from pyspark import TaskContext
 
     context = TaskContext.get()
     threads = context.cpus() if context is not None else 1
     featurizer = cached_featurizer(model_key, lambda: flatbuffer.value, threads, batch_size)
+    spent = {"decoding": 0.0, "model": 0.0}
 
     def decode(batch: pa.RecordBatch) -> DecodedBatch:
+        started = time.thread_time()
         paths = batch.column("path").to_pylist()
-        return decode_batch(paths, batch.column("content").to_pylist(), root)
+        decoded = decode_batch(paths, batch.column("content").to_pylist(), root)
+        spent["decoding"] += time.thread_time() - started
+        return decoded
+
+    def run_model(pixels: list[np.ndarray]) -> np.ndarray:
+        started = time.thread_time()
+        vectors = featurizer(pixels)
+        spent["model"] += time.thread_time() - started
+        return vectors
 
     def outcomes(decoded: DecodedBatch) -> pa.RecordBatch:
-        rows = outcome_batch(decoded, featurizer)
+        rows = outcome_batch(decoded, run_model)
         if failures is not None and len(decoded.good) < len(decoded.paths):
             failures.add(
                 [
@@ -174,16 +199,18 @@ def featurize_partition(
     if not overlap_decoding:
         for batch in batches:
             yield outcomes(decode(batch))
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        pending = None
-        for batch in batches:
-            upcoming = pool.submit(decode, batch)
+    else:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+            pending = None
+            for batch in batches:
+                upcoming = pool.submit(decode, batch)
+                if pending is not None:
+                    yield outcomes(pending.result())
+                pending = upcoming
             if pending is not None:
                 yield outcomes(pending.result())
-            pending = upcoming
-        if pending is not None:
-            yield outcomes(pending.result())
+    if cpu_seconds is not None:
+        cpu_seconds.add(spent)
 
 
 def read_images(spark, root: str):
@@ -209,6 +236,7 @@ def featurize(
     model_key: str,
     flatbuffer: bytes,
     failures=None,
+    cpu_seconds=None,
     batch_size: int = MODEL_BATCH_SIZE,
     overlap_decoding: bool = True,
 ):
@@ -222,6 +250,7 @@ def featurize(
             model_key=model_key,
             flatbuffer=shipped,
             failures=failures,
+            cpu_seconds=cpu_seconds,
             batch_size=batch_size,
             overlap_decoding=overlap_decoding,
         )
@@ -333,6 +362,7 @@ def run(spark, args: argparse.Namespace) -> dict:
     # Read when the write below plans its scan, so the listing can size the tasks.
     tune_for_images(spark, len(listed))
     failures = spark.sparkContext.accumulator([], RowsParam())
+    cpu_seconds = spark.sparkContext.accumulator({}, SecondsParam())
     outcomes = featurize(
         spark,
         images,
@@ -340,6 +370,7 @@ def run(spark, args: argparse.Namespace) -> dict:
         model_key=weights.cache_key,
         flatbuffer=flatbuffer,
         failures=failures,
+        cpu_seconds=cpu_seconds,
         batch_size=args.batch_size,
         overlap_decoding=not args.no_overlap,
     )
@@ -357,6 +388,8 @@ def run(spark, args: argparse.Namespace) -> dict:
             "featurize_and_write": round(finished - model_ready, 3),
             "total": round(finished - started, 3),
         },
+        # Summed over the Python workers: where a worker's time goes, per run (on EMR too).
+        "worker_cpu_s": {name: round(value, 3) for name, value in cpu_seconds.value.items()},
     }
     storage.write_json(spark, f"{args.output.rstrip('/')}/{FEATURIZE_MANIFEST}", manifest)
     return manifest

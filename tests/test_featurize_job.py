@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,23 @@ def test_weights_are_recorded(outputs):
     recorded = json.loads((out / "features" / featurize.FEATURIZE_MANIFEST).read_text())
     assert recorded["weights"] == {"source": "random", "path": None, "sha256": None}
     assert recorded == json.loads(json.dumps(manifest))
+
+
+def test_worker_cpu_time_is_recorded_for_decoding_and_the_model(outputs):
+    _, manifest, _, _ = outputs
+    spent = manifest["worker_cpu_s"]
+    assert set(spent) == {"decoding", "model"}
+    assert spent["decoding"] > 0 and spent["model"] > 0
+    # CPU time of threads within the run: never more than the cores could give in its time.
+    assert sum(spent.values()) <= manifest["timings_s"]["total"] * (os.cpu_count() or 1)
+
+
+def test_cpu_seconds_are_summed_name_by_name():
+    param = featurize.SecondsParam()
+    total = param.zero({})
+    for part in ({"decoding": 0.5, "model": 2.0}, {"decoding": 0.25}, {"model": 1.0}):
+        total = param.addInPlace(total, part)
+    assert total == {"decoding": 0.75, "model": 3.0}
 
 
 def test_features_equal_plain_keras(partition, outputs):
