@@ -2,7 +2,9 @@
 
 The job runs one Python worker per core, each with a one-thread interpreter; this measures that
 arrangement on pre-decoded photos (no Spark) at each batch size, and, for comparison in the same
-run, one process with a thread per core, as the ceiling (c) of `make bench` runs.
+run, one process with a thread per core, as the ceiling (c) of `make bench` runs. It also times
+the scaling of decoded pixels into the model's input: from the contiguous array `images.pixels`
+returns, against a strided view of Pillow's RGBX memory (what `pixels` returned before).
 
     python -m bench.side_by_side [--input ROOT] [--weights FILE] [--batch-sizes 1,2,4,8]
 
@@ -19,8 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.ceiling import decoded, one_process_by_batch_size
 from bench.run import BENCH_IMAGES, SHARED, WEIGHTS
+from spark_jobs.images import MODEL_INPUT_SIZE, open_image, to_model_scale
 from spark_jobs.model import Featurizer, Weights, file_sha256, tflite_model
 
 
@@ -58,6 +63,33 @@ def side_by_side(flatbuffer: bytes, paths: list[Path], batch_size: int, processe
     return images / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
 
 
+def scaling_ms_per_image(paths: list[Path], repeats: int = 5) -> dict[str, float]:
+    """ms an image: copying Pillow's pixels out contiguously, and scaling either layout."""
+    from PIL import Image
+
+    resized = [
+        open_image(p.read_bytes()).convert("RGB").resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)
+        for p in paths
+    ]
+    contiguous = [np.asarray(image) for image in resized]
+    # Pillow keeps RGB as RGBX: the same strides as a view of its own memory.
+    strided = [np.asarray(image.convert("RGBA"))[..., :3] for image in resized]
+    target = np.empty((*MODEL_INPUT_SIZE, 3), np.float32)
+
+    def per_image(step) -> float:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for item in range(len(paths)):
+                step(item)
+        return round(1000 * (time.perf_counter() - started) / (repeats * len(paths)), 4)
+
+    return {
+        "contiguous_copy": per_image(lambda i: np.asarray(resized[i])),
+        "scaling_contiguous": per_image(lambda i: to_model_scale(contiguous[i], out=target)),
+        "scaling_strided_rgbx_view": per_image(lambda i: to_model_scale(strided[i], out=target)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", default=str(BENCH_IMAGES))
@@ -82,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "processes": processes,
                 "side_by_side_images_per_s": side,
                 "one_process_all_threads_images_per_s": {k: round(v, 1) for k, v in one.items()},
+                "pixels_ms_per_image": scaling_ms_per_image(paths),
             }
         )
     )
