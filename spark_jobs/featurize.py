@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,7 +130,7 @@ class SecondsParam:
         return {}
 
     def addInPlace(self, seconds: dict, more: dict) -> dict:  # noqa: N802 (Spark's name)
-        return dict(Counter(seconds) + Counter(more))
+        return {name: seconds.get(name, 0.0) + more.get(name, 0.0) for name in seconds | more}
 
 
 class RowsParam:

@@ -119,9 +119,10 @@ def test_worker_cpu_time_is_recorded_for_decoding_and_the_model(outputs):
 def test_cpu_seconds_are_summed_name_by_name():
     param = featurize.SecondsParam()
     total = param.zero({})
-    for part in ({"decoding": 0.5, "model": 2.0}, {"decoding": 0.25}, {"model": 1.0}):
+    for part in ({"decoding": 0.5, "model": 2.0}, {"decoding": 0.25}, {"model": 0.0}):
         total = param.addInPlace(total, part)
-    assert total == {"decoding": 0.75, "model": 3.0}
+    assert total == {"decoding": 0.75, "model": 2.0}
+    assert param.addInPlace(param.zero({}), {"decoding": 0.0}) == {"decoding": 0.0}
 
 
 def test_features_equal_plain_keras(partition, outputs):
