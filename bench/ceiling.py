@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="the fastest one counts")
     parser.add_argument("--features", help="Parquet of (b): compare with plain Keras")
     parser.add_argument("--keras-check", type=int, default=256)
+    parser.add_argument("--tflite-only", action="store_true", help="no Keras figures")
     args = parser.parse_args(argv)
 
     weights = Weights(args.weights, args.weights, file_sha256(args.weights))
@@ -62,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     flatbuffer = tflite_model(weights)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     by_batch_size = one_process_by_batch_size(flatbuffer, data, sizes, threads=cores)
-    batches = [data[i : i + 32] for i in range(0, len(data), 32)]
     result = {
         "tflite_all_cores": max(by_batch_size.values()),
         "tflite_by_batch_size": by_batch_size,
     }
+    if args.tflite_only:
+        print(json.dumps(result))
+        return 0
     keras_model = build_keras_model(weights)
+    batches = [data[i : i + 32] for i in range(0, len(data), 32)]
     result["keras_predict_on_batch"] = images_per_second(
         keras_model.predict_on_batch, batches, repeats=1
     )

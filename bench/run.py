@@ -62,13 +62,12 @@ class TreeSampler:
                 try:
                     rss = proc.memory_info().rss
                     total += rss
-                    command = " ".join(proc.cmdline())
-                    if "pyspark.daemon" in command:
+                    if "pyspark.daemon" in " ".join(proc.cmdline()):
                         self.peak_worker = max(self.peak_worker, rss)
-                    times = proc.cpu_times()
-                    kind = "jvm" if "java" in proc.name() else "other"
-                    if "pyspark.daemon" in command:
                         kind = "python_workers"
+                    else:
+                        kind = "jvm" if "java" in proc.name() else "other"
+                    times = proc.cpu_times()
                     self._cpu[proc.pid] = (kind, times.user + times.system)
                 except psutil.Error:
                     continue
@@ -220,7 +219,7 @@ def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
     )
     # (c) right before and right after (b), the faster kept: this machine's speed drifts over
     # minutes, and (c) measured once, minutes away from (b), moved b/c by 0.1 between runs.
-    ceiling_before = run_measured(ceiling_command, env)
+    ceiling_before = run_measured([*ceiling_command, "--tflite-only"], env)
     b_full, b_quarter = job("full"), job("quarter")
     ceiling = run_measured([*ceiling_command, "--features", str(work / "features-full")], env)
     ceiling["tflite_all_cores_before_and_after"] = [

@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.ceiling import decoded, one_process_by_batch_size
 from bench.run import BENCH_IMAGES, SHARED, WEIGHTS
-from spark_jobs.images import MODEL_INPUT_SIZE, open_image, to_model_scale
+from spark_jobs.images import MODEL_INPUT_SIZE, load_pixels, to_model_scale
 from spark_jobs.model import Featurizer, Weights, file_sha256, tflite_model
 
 
@@ -67,11 +67,8 @@ def scaling_ms_per_image(paths: list[Path], repeats: int = 5) -> dict[str, float
     """ms an image: copying Pillow's pixels out contiguously, and scaling either layout."""
     from PIL import Image
 
-    resized = [
-        open_image(p.read_bytes()).convert("RGB").resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)
-        for p in paths
-    ]
-    contiguous = [np.asarray(image) for image in resized]
+    contiguous = [load_pixels(p.read_bytes()) for p in paths]
+    resized = [Image.fromarray(array) for array in contiguous]  # Pillow images of those pixels
     # Pillow keeps RGB as RGBX: the same strides as a view of its own memory.
     strided = [np.asarray(image.convert("RGBA"))[..., :3] for image in resized]
     target = np.empty((*MODEL_INPUT_SIZE, 3), np.float32)

@@ -1,8 +1,8 @@
 """Image decoding and preprocessing: the one place that turns uploaded bytes into model input.
 
-Pillow and numpy only (no TensorFlow), so decoding can run in threads beside inference
-and tests stay light. The steps follow the seeds: Pillow decode, any mode to RGB, resize to
-224x224 with bicubic resampling, MobileNetV2's `preprocess_input` scaling to [-1, 1].
+Pillow and numpy only (no TensorFlow), so decoding can run in threads beside inference and tests
+stay light. The steps follow the seeds: Pillow decode, any mode to RGB, resize to 224x224 with
+bicubic resampling, MobileNetV2's `preprocess_input` scaling to [-1, 1].
 """
 
 from __future__ import annotations

@@ -140,13 +140,13 @@ def test_featurizer_scales_pixels_into_its_input_as_the_model_scale_does(partiti
     # The job hands uint8 pixels to the interpreter; the ceiling and tests hand float input.
     root, synthetic, _ = partition
     contents = [(root / relpath).read_bytes() for relpath in sorted(synthetic)[:5]]
-    pixel_views = [load_pixels(content) for content in contents]
+    pixel_arrays = [load_pixels(content) for content in contents]
     featurizer = Featurizer(tflite_model(Weights("random", None, None)), threads=1, batch_size=2)
-    from_pixels = featurizer(pixel_views)
-    from_floats = featurizer(to_model_scale(np.stack(pixel_views)))
+    from_pixels = featurizer(pixel_arrays)
+    from_floats = featurizer(to_model_scale(np.stack(pixel_arrays)))
     assert from_pixels.shape == (5, FEATURE_DIM)
     np.testing.assert_array_equal(from_pixels, from_floats)
-    assert np.abs(from_pixels - featurizer(pixel_views[::-1])[::-1]).max() < 1e-4
+    assert np.abs(from_pixels - featurizer(pixel_arrays[::-1])[::-1]).max() < 1e-4
 
 
 @pytest.mark.parametrize(

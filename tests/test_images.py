@@ -258,15 +258,15 @@ def test_pixels_are_the_resized_image_contiguous_and_outlive_it():
     # Contiguous, so scaling reads them in one sweep; and valid once the image is freed.
     images = [_noise_rgb(100 + 7 * i, 100, seed=i) for i in range(8)]
     expected = [np.asarray(im.resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)) for im in images]
-    views = [pixels(image) for image in images]
+    arrays = [pixels(image) for image in images]
     del images
     gc.collect()
     churn = [np.full((224, 224, 4), 7, np.uint8) for _ in range(64)]  # reuse freed memory
     assert len(churn) == 64
-    for view, want in zip(views, expected, strict=True):
-        assert view.shape == (*MODEL_INPUT_SIZE, 3) and view.dtype == np.uint8
-        assert view.flags["C_CONTIGUOUS"]
-        np.testing.assert_array_equal(view, want)
+    for array, want in zip(arrays, expected, strict=True):
+        assert array.shape == (*MODEL_INPUT_SIZE, 3) and array.dtype == np.uint8
+        assert array.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(array, want)
 
 
 def test_scaling_into_a_given_array_equals_scaling_into_a_new_one():
