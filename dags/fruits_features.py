@@ -9,7 +9,13 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from fruits_pipeline.backends import backend_for
 from fruits_pipeline.params import dag_params
 from fruits_pipeline.settings import PipelineSettings
-from fruits_pipeline.tasks import check_uploads, prepare_run, publish, validate
+from fruits_pipeline.tasks import (
+    check_uploads,
+    prepare_run,
+    publish,
+    release_partition,
+    validate,
+)
 
 settings = PipelineSettings.from_env()
 backend = backend_for(settings)
@@ -18,14 +24,17 @@ DOC = f"""
 ### Fruits! image features, one date partition per run
 
 1. **check_uploads**: counts images under `raw/dt=D/`; none: the run skips, no cluster is made.
-   **prepare_run** unpublishes the partition (a rerun is in flight) and stages the jobs.
+   **prepare_run** takes the day's lease (one run per day: while another run of the same day
+   holds it, this run **fails at once, naming that run**, and touches nothing) and stages the jobs.
 2. **create_cluster** (setup): a transient `{backend.name}` Spark cluster.
 3. **add_steps**: featurize (MobileNetV2, 1280-d per image) then PCA (standardize, keep the
-   chosen variance), passing Parquet through the lake.
+   chosen variance), passing Parquet through the run's own `staging/dt=D/<run>/` folder.
 4. **watch_featurize**, **watch_pca** wait for the steps; **validate** checks every vector has
-   k dimensions, counts add up and errors stay under the threshold; **publish** writes
-   `reports/dt=D/_SUCCESS` and emits the `fruits_reduced_features` asset event.
-5. **terminate_cluster** (teardown): always runs once the cluster exists, whatever failed.
+   k dimensions, counts add up and errors stay under the threshold; **publish** moves the run's
+   outputs into place, writes `reports/dt=D/_SUCCESS` and emits the `fruits_reduced_features`
+   asset event. Until then an earlier publication of the day stays as it was.
+5. **terminate_cluster**, then **release_partition** (teardowns): always run once the cluster
+   exists (the lease is taken), whatever failed.
 
 **Partition**: a scheduled run for the data interval [D, D+1) processes `dt=D` (daily at
 {settings.daily_at} UTC). A manual run takes `partition_date` from the form; backfills run by date.
@@ -56,11 +65,12 @@ with DAG(
     step_ids = backend.add_steps(cluster.output, plan["steps"])
     featurized = backend.watch_step("watch_featurize", cluster.output, 0)
     reduced = backend.watch_step("watch_pca", cluster.output, 1)
-    validated = validate(run)
+    validated = validate(run, plan["token"])
     published = publish(validated)
-    terminated = backend.terminate_cluster(cluster.output).as_teardown(
-        setups=cluster, on_failure_fail_dagrun=True
+    terminated = backend.terminate_cluster(cluster.output).as_teardown(setups=cluster)
+    released = release_partition(run, plan["token"]).as_teardown(
+        setups=plan, on_failure_fail_dagrun=True
     )
 
-    chain(run, plan, cluster, step_ids, featurized, reduced, validated, published)
-    reduced >> terminated
+    chain(run, plan, cluster, step_ids, featurized, reduced, validated, published, terminated)
+    terminated >> released

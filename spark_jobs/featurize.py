@@ -7,6 +7,9 @@
 weights used (path, sha256), counts, timings, and the CPU seconds the Python workers spent
 decoding and in the model. --errors gets Parquet (path, label, error).
 A bad file never stops the job; rerunning with the same outputs replaces them.
+
+The driver lists --input itself (`inputs.list_inputs`: exact names, symbolic links never
+followed), and the Python workers read each image's bytes in the thread that decodes it.
 """
 
 from __future__ import annotations
@@ -69,22 +72,18 @@ class DecodedBatch:
     pixels: list[np.ndarray]  # uint8 (224, 224, 3) of each good file, for the Featurizer
 
 
-def decode_batch(paths: list[str], contents: list[bytes], root: str) -> DecodedBatch:
-    labels: list[str | None] = []
+def decode_batch(
+    paths: list[str], labels: list[str | None], relpaths: list[str], read
+) -> DecodedBatch:
+    """Read (`read(relpath)` -> bytes) and decode each file; one at a time, so a worker holds
+    the bytes of one file, never of a whole batch."""
     errors: list[str | None] = []
     arrays: list[np.ndarray] = []
     good: list[int] = []
-    for index, (path, content) in enumerate(zip(paths, contents, strict=True)):
+    for index, relpath in enumerate(relpaths):
         try:
-            label = inputs.label_for(path, root)
-        except inputs.NoLabelFolder as exc:
-            labels.append(None)
-            errors.append(str(exc))
-            continue
-        labels.append(label)
-        try:
-            arrays.append(load_pixels(content))
-        except BadImage as exc:
+            arrays.append(load_pixels(read(relpath)))
+        except (BadImage, inputs.UnreadableFile) as exc:
             errors.append(str(exc))
             continue
         errors.append(None)
@@ -114,7 +113,7 @@ def outcome_batch(decoded: DecodedBatch, featurize_batch) -> pa.RecordBatch:
     )
     return pa.RecordBatch.from_arrays(
         [
-            pa.array([inputs.display_path(p) for p in decoded.paths], pa.string()),
+            pa.array(decoded.paths, pa.string()),
             pa.array(decoded.labels, pa.string()),
             features,
             pa.array(decoded.errors, pa.string()),
@@ -147,9 +146,10 @@ class RowsParam:
 def featurize_partition(
     batches: Iterator[pa.RecordBatch],
     *,
-    root: str,
+    root: inputs.InputRoot | str,
     model_key: str,
     flatbuffer,
+    s3_options: dict | None = None,
     failures=None,
     cpu_seconds=None,
     batch_size: int = MODEL_BATCH_SIZE,
@@ -157,8 +157,9 @@ def featurize_partition(
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one cached TFLite interpreter per Python worker, threads = task CPUs.
 
-    With `overlap_decoding`, a thread decodes the next batch while the model runs on this one
-    (Pillow and TFLite both release the GIL); at most two batches are in memory. `failures`, an
+    Rows are (path, label, relpath) of the listed images below `root`. With `overlap_decoding`,
+    a thread reads and decodes the next batch while the model runs on this one (file reads,
+    Pillow and TFLite all release the GIL); at most two batches are in memory. `failures`, an
     accumulator, also receives the (path, label, error) of every file that failed;
     `cpu_seconds` the CPU time of the threads decoding and running the model (with one XNNPACK
     thread, inference runs in the calling thread, so its thread CPU time is the model's).
@@ -168,12 +169,17 @@ def featurize_partition(
     context = TaskContext.get()
     threads = context.cpus() if context is not None else 1
     featurizer = cached_featurizer(model_key, lambda: flatbuffer.value, threads, batch_size)
+    read = inputs.file_reader(root, s3_options)
     spent = {"decoding": 0.0, "model": 0.0}
 
     def decode(batch: pa.RecordBatch) -> DecodedBatch:
         started = time.thread_time()
-        paths = batch.column("path").to_pylist()
-        decoded = decode_batch(paths, batch.column("content").to_pylist(), root)
+        decoded = decode_batch(
+            batch.column("path").to_pylist(),
+            batch.column("label").to_pylist(),
+            batch.column("relpath").to_pylist(),
+            read,
+        )
         spent["decoding"] += time.thread_time() - started
         return decoded
 
@@ -212,34 +218,60 @@ def featurize_partition(
         cpu_seconds.add(spent)
 
 
-def read_images(spark, root: str):
-    """(path, content) of every image below `root`, recursively; other files are not read."""
-    from spark_jobs import storage
+IMAGE_SCHEMA = "path string, label string, relpath string"
 
-    if not storage.exists(spark, root):
-        raise FileNotFoundError(f"--input {root}: no such folder")
-    return (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", inputs.IMAGE_NAME_GLOB)
-        .load(root)
-        .select("path", "content")
+
+def image_frame(spark, images: list[inputs.InputFile]):
+    """(path, label, relpath) of the images to read, in `task_count` even partitions.
+
+    Dealt round-robin, so a folder of large photos does not all land in one task.
+    """
+    tasks = task_count(len(images), spark.sparkContext.defaultParallelism)
+    dealt = [image for start in range(tasks) for image in images[start::tasks]]
+    rows = spark.sparkContext.parallelize(
+        [(image.path, image.label, image.relpath) for image in dealt], tasks
     )
+    return spark.createDataFrame(rows, IMAGE_SCHEMA)
+
+
+def s3_options(spark, root: inputs.InputRoot) -> dict | None:
+    """pyarrow.fs.S3FileSystem options matching the session's S3A settings, for s3a:// roots.
+
+    S3A outside EMR (MinIO in the docker-compose stack) has its endpoint in the Hadoop settings;
+    credentials come from the usual AWS chain (environment, profile, instance role), as S3A's.
+    s3:// (EMRFS) needs none: the bucket's region is looked up.
+    """
+    if not root.uri.startswith("s3a://"):
+        return None
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    endpoint = conf.get("fs.s3a.endpoint")
+    if not endpoint:
+        return None
+    scheme, _, host = endpoint.rpartition("://")
+    ssl = (conf.get("fs.s3a.connection.ssl.enabled") or "true").lower() == "true"
+    options: dict = {"endpoint_override": host, "scheme": scheme or ("https" if ssl else "http")}
+    region = conf.get("fs.s3a.endpoint.region")
+    if region:
+        options["region"] = region
+    if (conf.get("fs.s3a.path.style.access") or "false").lower() != "true":
+        options["force_virtual_addressing"] = True
+    return options
 
 
 def featurize(
     spark,
     images,
     *,
-    root: str,
+    root: inputs.InputRoot | str,
     model_key: str,
     flatbuffer: bytes,
+    s3_options: dict | None = None,
     failures=None,
     cpu_seconds=None,
     batch_size: int = MODEL_BATCH_SIZE,
     overlap_decoding: bool = True,
 ):
-    """(path, content) rows -> (path, label, features, error) rows."""
+    """(path, label, relpath) rows -> (path, label, features, error) rows."""
     shipped = spark.sparkContext.broadcast(flatbuffer)
 
     def run(batches):
@@ -248,6 +280,7 @@ def featurize(
             root=root,
             model_key=model_key,
             flatbuffer=shipped,
+            s3_options=s3_options,
             failures=failures,
             cpu_seconds=cpu_seconds,
             batch_size=batch_size,
@@ -257,25 +290,13 @@ def featurize(
     return images.mapInArrow(run, OUTCOME_SCHEMA)
 
 
-def unread_rows(listed: list[str], read: set[str], root: str) -> list[tuple]:
-    """Error rows for files Spark listed but never read: it drops empty files from its scans.
-
-    Without these rows a zero-byte upload would vanish without a trace.
-    """
-    rows = []
-    for path in sorted(set(listed) - read):
-        try:
-            label = inputs.label_for(path, root)
-        except inputs.NoLabelFolder:
-            label = None
-        rows.append((path, label, None, "empty file (0 bytes)"))
-    return rows
-
-
 def write_outputs(
-    spark, outcomes, failures, listed: list[str], root: str, output: str, errors: str
+    spark, outcomes, failures, listed: list[inputs.InputFile], output: str, errors: str
 ) -> dict:
     """Write features and errors (replacing earlier ones) from one pass over the images.
+
+    `listed` is every file found: the images `outcomes` reads, and the files recorded as
+    errors from the listing alone (symbolic links, undecodable names, no label folder).
 
     The features are written by one parallel job; the failed files reach the driver through
     the `failures` accumulator of that same job (merged once per partition: the write is a
@@ -292,21 +313,16 @@ def write_outputs(
         .option("parquet.enable.dictionary", "false")
         .parquet(output)
     )
+    featurized = spark.read.parquet(output).count()
     failed = list(failures.value)
-    featurized = {row.path for row in spark.read.parquet(output).select("path").collect()}
-    read = featurized | {path for path, _, _ in failed}
-    failed += [(path, label, error) for path, label, _, error in unread_rows(listed, read, root)]
+    failed += [(entry.path, entry.label, entry.error) for entry in listed if entry.error]
     (
         spark.createDataFrame(sorted(failed), "path string, label string, error string")
         .coalesce(1)
         .write.mode("overwrite")
         .parquet(errors)
     )
-    return {
-        "images_found": len(featurized) + len(failed),
-        "featurized": len(featurized),
-        "errors": len(failed),
-    }
+    return {"images_found": len(listed), "featurized": featurized, "errors": len(failed)}
 
 
 def task_count(images: int, cores: int, images_per_task: int = IMAGES_PER_TASK) -> int:
@@ -319,19 +335,12 @@ def task_count(images: int, cores: int, images_per_task: int = IMAGES_PER_TASK) 
     return cores * waves
 
 
-def tune_for_images(spark, images: int) -> None:
-    """Session settings for `images` small files feeding a model in Python workers.
+def tune_for_images(spark) -> None:
+    """The Arrow batch bounds a Python worker's memory whatever the number of images.
 
-    Spark charges 4 MB of "open cost" per file when it packs files into tasks: 4,120 photos of
-    5 KB became 129 tasks. At 256 KB a photo, and a task count from `task_count`, tasks are few
-    and even. The Arrow batch bounds a Python worker's memory whatever the number of images.
+    (Tasks are sized by `image_frame`, from the listing: `task_count` tasks, even in files.)
     """
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
-    spark.conf.set("spark.sql.files.openCostInBytes", str(256 * 1024))
-    spark.conf.set(
-        "spark.sql.files.minPartitionNum",
-        str(task_count(images, spark.sparkContext.defaultParallelism)),
-    )
 
 
 def run(spark, args: argparse.Namespace) -> dict:
@@ -355,11 +364,11 @@ def run(spark, args: argparse.Namespace) -> dict:
     else:
         flatbuffer = model.tflite_model(weights)
     model_ready = time.time()
-    root = storage.qualified(spark, args.input)
-    images = read_images(spark, root)
-    listed = [inputs.display_path(path) for path in images.inputFiles()]
-    # Read when the write below plans its scan, so the listing can size the tasks.
-    tune_for_images(spark, len(listed))
+    root = inputs.InputRoot.parse(args.input)
+    options = s3_options(spark, root)
+    listed = inputs.list_inputs(root, options)
+    images = image_frame(spark, [entry for entry in listed if entry.error is None])
+    tune_for_images(spark)
     failures = spark.sparkContext.accumulator([], RowsParam())
     cpu_seconds = spark.sparkContext.accumulator({}, SecondsParam())
     outcomes = featurize(
@@ -368,12 +377,13 @@ def run(spark, args: argparse.Namespace) -> dict:
         root=root,
         model_key=weights.cache_key,
         flatbuffer=flatbuffer,
+        s3_options=options,
         failures=failures,
         cpu_seconds=cpu_seconds,
         batch_size=args.batch_size,
         overlap_decoding=not args.no_overlap,
     )
-    counts = write_outputs(spark, outcomes, failures, listed, root, args.output, args.errors)
+    counts = write_outputs(spark, outcomes, failures, listed, args.output, args.errors)
     finished = time.time()
     manifest = {
         "input": args.input,

@@ -1,26 +1,47 @@
-"""What counts as an uploaded image, and which label it carries.
+"""What counts as an uploaded image, which label it carries, and how its bytes are read.
 
-Standard library only: the Airflow side (counting uploads, validating counts) imports this module
-at DAG parse time, and the Spark jobs use it in every Python worker. Both must agree, or the
-validation that `images found == featurized + errors` would compare different things.
+Standard library only at import: the Airflow side (counting uploads) imports this module at DAG
+parse time, and the featurize job uses it on the driver (listing) and in every Python worker
+(reading). One listing and one classification serve both, so `images found == featurized +
+errors` compares the same files by construction.
+
+Files are never reached through URIs or globs: a name is taken exactly as the file system (or
+S3) gives it, so `#`, `?`, `%20`, `:`, `*`, newlines or emoji in a name are just characters.
+Symbolic links are never followed: each one is an error row. pyarrow is imported lazily, for S3
+roots only.
 """
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+S3_SCHEMES = ("s3://", "s3a://")
 
-# Spark's binaryFile source takes a glob on file names; it is case-sensitive, so spell each case.
-IMAGE_NAME_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
+SYMLINK = "symbolic link, not followed"
+NOT_UTF8 = (
+    "name is not valid UTF-8 (its undecodable bytes are shown as \\xNN): rename it to have it "
+    "featurized"
+)
+NOT_REGULAR = "not a regular file"
+# Spark's binaryFile source refused files from 2 GiB on; here such a file is an error row.
+MAX_FILE_BYTES = 2**31 - 1
 
 
 class NoLabelFolder(ValueError):
     """An image that is not inside a `<Label>/` folder below the input root."""
 
 
+class UnreadableFile(ValueError):
+    """A listed image whose bytes cannot be read; the message is the reason users read."""
+
+
 def is_hidden_name(name: str) -> bool:
-    """Hadoop's hidden-file rule, which Spark's file listing applies to every file and folder.
+    """Hadoop's hidden-file rule, applied to every file and folder name below the input root.
 
     Spark skips these silently, so we call them ignored everywhere, on purpose and documented.
     Like Spark (`HadoopFSUtils.shouldFilterOutPathName`), names starting with `_metadata` or
@@ -35,53 +56,332 @@ def is_hidden_name(name: str) -> bool:
     )
 
 
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def is_image_relpath(relpath: str) -> bool:
     """True for an image the pipeline must account for: `relpath` is relative to the input root."""
     parts = [p for p in relpath.split("/") if p]
     if not parts or any(is_hidden_name(p) for p in parts):
         return False
-    return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+    return is_image_name(parts[-1])
 
 
-def uri_path(uri: str) -> str:
-    """The decoded path part of a URI (`file:/a%20b/c` -> `/a b/c`); a plain path as it is.
+def readable(name: str) -> str:
+    """A name as people can read it: bytes that are not UTF-8 (kept by surrogateescape) as \\xNN.
 
-    Spark reports file paths as percent-encoded URIs; labels contain spaces and non-ASCII letters.
+    Always valid UTF-8, so it can be written to Parquet; the identity for any decodable name.
     """
-    parts = urlsplit(uri)
-    path = unquote(parts.path) if parts.scheme else uri
-    return path.rstrip("/")
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system name decodes to
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def display_path(uri: str) -> str:
-    """A URI with its path decoded, in one spelling (`file:///a%20b` -> `file:/a b`).
+def _decodable(name: str) -> bool:
+    return readable(name) == name
 
-    What people see in a file browser or the S3 console, and a key that compares the paths
-    Spark's scans report with those its file listing reports.
+
+@dataclass(frozen=True)
+class InputRoot:
+    """The --input root: a local folder (a plain path or a `file:` URI) or an S3 prefix.
+
+    `uri` is how paths are shown: `file:` + the absolute path exactly as on disk, or the S3 URI
+    as given (`s3://` or `s3a://`), without a trailing slash. Nothing is percent-decoded: a `%`
+    in a name is a `%`.
     """
-    parts = urlsplit(uri)
-    if not parts.scheme:
-        return uri
-    authority = f"//{parts.netloc}" if parts.netloc else ""
-    return f"{parts.scheme}:{authority}{unquote(parts.path)}"
+
+    uri: str
+    local: str | None = None  # absolute local path (surrogateescape str), for local roots
+    s3: str | None = None  # "bucket/prefix" as pyarrow.fs names it, for S3 roots
+
+    @classmethod
+    def parse(cls, root: str) -> InputRoot:
+        if root.startswith(S3_SCHEMES):
+            scheme, _, rest = root.partition("://")
+            rest = rest.rstrip("/")
+            if not rest:
+                raise ValueError(f"--input {root}: no bucket")
+            return cls(f"{scheme}://{rest}", s3=rest)
+        if "://" in root and not root.startswith("file://"):
+            raise ValueError(f"--input {root}: only local folders, file:, s3:// and s3a:// URIs")
+        path = root
+        if root.startswith("file://"):
+            authority, slash, path = root[len("file://") :].partition("/")
+            if authority not in ("", "localhost"):
+                raise ValueError(f"--input {root}: a file: URI names no other host")
+            path = slash + path
+        elif root.startswith("file:"):
+            path = root[len("file:") :]
+        path = os.path.abspath(path)  # also drops a trailing slash
+        return cls("file:" + readable(path).rstrip("/"), local=path)
+
+    def show(self, relpath: str) -> str:
+        """The display path of a file below the root (relpath as listed, '/' separators)."""
+        return f"{self.uri}/{relpath}"
 
 
-def label_for(image_uri: str, root: str) -> str:
-    """The label of an image: the name of its parent folder, decoded exactly.
+@dataclass(frozen=True)
+class InputFile:
+    """One listed file the pipeline accounts for: an image to read, or an error row at once.
 
-    `root` is the input root as a URI or path; an image directly under it has no label folder.
+    `relpath` is the name below the root exactly as listed (what a worker opens); `path` and
+    `label` are what the outputs show; `error` is the reason when it is not read at all.
     """
-    image_path = uri_path(image_uri)
-    root_path = uri_path(root)
-    image_host, root_host = urlsplit(image_uri).netloc, urlsplit(root).netloc
-    if not image_path.startswith(root_path + "/") or (
-        image_host and root_host and image_host != root_host
-    ):
-        raise NoLabelFolder(f"{display_path(image_uri)} is not below the input root {root}")
-    relative = image_path[len(root_path) + 1 :]
-    if "/" not in relative:
-        raise NoLabelFolder(
-            f"no label folder: the image lies directly in the input root {root}, "
-            "not in a <Label>/ folder"
-        )
-    return relative.rsplit("/", 2)[-2]
+
+    path: str
+    relpath: str
+    label: str | None
+    error: str | None = None
+
+
+def no_label_folder(root: str) -> str:
+    return (
+        f"no label folder: the image lies directly in the input root {root}, "
+        "not in a <Label>/ folder"
+    )
+
+
+def classify(
+    root: InputRoot, relpath: str, kind: str = "file", detail: str | None = None
+) -> InputFile | None:
+    """The one decision about a listed entry: None when ignored, else an InputFile.
+
+    `kind` is "file" (a regular file), "symlink", "other" (fifo, socket, device), or
+    "unlistable" (a folder that cannot be listed; `detail` gives why). Ignored: anything below
+    a hidden name, and files other than .jpg/.jpeg/.png. Errors: every symbolic link and
+    unlistable folder, whatever its name; images under an undecodable name or outside any
+    label folder; special files named like images.
+    """
+    parts = [p for p in relpath.split("/") if p]
+    if not parts or any(is_hidden_name(p) for p in parts):
+        return None
+    label = readable(parts[-2]) if len(parts) > 1 else None
+    shown = InputFile(root.show(readable(relpath)), relpath, label)
+    if kind == "symlink":
+        return _failed(shown, SYMLINK)
+    if kind == "unlistable":
+        return _failed(shown, f"cannot list folder: {detail}")
+    if not is_image_name(parts[-1]):
+        return None
+    if kind != "file":
+        return _failed(shown, f"{NOT_REGULAR} ({kind})")
+    if not _decodable(parts[-1]):
+        return _failed(shown, "file " + NOT_UTF8)
+    if not all(_decodable(p) for p in parts):
+        return _failed(shown, "folder " + NOT_UTF8)
+    if len(parts) == 1:
+        return _failed(shown, no_label_folder(root.uri))
+    return shown
+
+
+def _failed(entry: InputFile, reason: str) -> InputFile:
+    return InputFile(entry.path, entry.relpath, entry.label, reason)
+
+
+def list_inputs(root: str | InputRoot, s3_options: Mapping[str, object] | None = None):
+    """Every file below `root` the pipeline accounts for, classified, sorted by path.
+
+    Raises FileNotFoundError when the root does not exist. `s3_options` are keyword arguments
+    of `pyarrow.fs.S3FileSystem` (endpoint, region...) for S3 roots; without them the bucket's
+    region and credentials are found the usual AWS way.
+    """
+    root = root if isinstance(root, InputRoot) else InputRoot.parse(root)
+    if root.s3 is not None:
+        listed: Iterable[tuple[str, str, str | None]] = _walk_s3(root, s3_options)
+    else:
+        listed = _walk_local(root.local)
+    entries = (classify(root, relpath, kind, detail) for relpath, kind, detail in listed)
+    return sorted((e for e in entries if e is not None), key=lambda e: e.relpath)
+
+
+def _walk_local(root: str) -> Iterator[tuple[str, str, str | None]]:
+    """(relpath, kind, detail) of every entry below `root`, never following a symbolic link.
+
+    Names are bytes decoded with surrogateescape, so an undecodable name is listed too. Hidden
+    folders are not entered.
+    """
+    if not os.path.isdir(root):  # the root itself may be a link (a lake on another disk)
+        raise FileNotFoundError(f"--input {root}: no such folder")
+    folders = [(os.fsencode(root), "")]
+    while folders:
+        folder, prefix = folders.pop()
+        try:
+            with os.scandir(folder) as scan:
+                found = list(scan)
+        except OSError as exc:
+            if not prefix:
+                raise
+            yield prefix.rstrip("/"), "unlistable", exc.strerror or str(exc)
+            continue
+        for entry in found:
+            name = entry.name.decode("utf-8", "surrogateescape")
+            relpath = prefix + name
+            if is_hidden_name(name):
+                continue
+            if entry.is_symlink():
+                yield relpath, "symlink", None
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append((entry.path, relpath + "/"))
+            elif entry.is_file(follow_symlinks=False):
+                yield relpath, "file", None
+            else:
+                yield relpath, _special_kind(entry), None
+
+
+def _special_kind(entry: os.DirEntry) -> str:
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return "other"
+    for test, kind in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "other"
+
+
+def _walk_s3(root: InputRoot, options) -> Iterator[tuple[str, str, str | None]]:
+    import pyarrow.fs as pafs
+
+    fs = s3_filesystem(root.uri, _frozen(options))
+    if fs.get_file_info(root.s3).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"--input {root.uri}: no such folder")
+    selector = pafs.FileSelector(root.s3, recursive=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            yield info.path[len(root.s3) + 1 :], "file", None
+
+
+def classify_keys(root: str | InputRoot, relpaths: Iterable[str]) -> list[InputFile]:
+    """The classification of names listed some other way (the S3 keys Airflow lists)."""
+    root = root if isinstance(root, InputRoot) else InputRoot.parse(root)
+    entries = (classify(root, relpath) for relpath in relpaths)
+    return sorted((e for e in entries if e is not None), key=lambda e: e.relpath)
+
+
+def _frozen(options: Mapping[str, object] | None) -> tuple:
+    return tuple(sorted((options or {}).items()))
+
+
+@lru_cache(maxsize=8)
+def s3_filesystem(uri: str, options: tuple = ()):
+    """One pyarrow S3 filesystem per process and root (workers read many files through it)."""
+    import pyarrow.fs as pafs
+
+    if options:
+        return pafs.S3FileSystem(**dict(options))
+    s3_uri = "s3://" + uri.split("://", 1)[1]
+    return pafs.FileSystem.from_uri(s3_uri)[0]
+
+
+def file_reader(
+    root: str | InputRoot, s3_options: Mapping[str, object] | None = None
+) -> Callable[[str], bytes]:
+    """relpath -> the file's bytes, or UnreadableFile with the reason. For Python workers."""
+    root = root if isinstance(root, InputRoot) else InputRoot.parse(root)
+    if root.s3 is not None:
+        options = _frozen(s3_options)
+        return lambda relpath: _read_s3(root, options, relpath)
+    return lambda relpath: read_local(root.local, relpath)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def read_local(root: str, relpath: str) -> bytes:
+    """The bytes of `root/relpath`, opening each name below the root without following links.
+
+    Each folder is opened relative to its parent with O_NOFOLLOW, then the file with O_NOFOLLOW
+    and O_NONBLOCK: a name replaced by a link (or a fifo) after the listing is refused, never
+    followed, and nothing outside the root is read.
+    """
+    *folders, name = relpath.split("/")
+    try:
+        fd = os.open(os.fsencode(root), _DIRECTORY_FLAGS)
+        try:
+            for folder in folders:
+                inner = _open_below(fd, folder, _DIRECTORY_FLAGS | _NOFOLLOW)
+                os.close(fd)
+                fd = inner
+            flags = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+            flags |= getattr(os, "O_CLOEXEC", 0)
+            file_fd = _open_below(fd, name, flags)
+        finally:
+            os.close(fd)
+        with os.fdopen(file_fd, "rb") as file:
+            mode = os.fstat(file.fileno())
+            if not stat.S_ISREG(mode.st_mode):
+                raise UnreadableFile(NOT_REGULAR)
+            if mode.st_size > MAX_FILE_BYTES:
+                raise UnreadableFile(_too_large(mode.st_size))
+            return file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UnreadableFile(_os_reason(exc)) from exc
+
+
+def _open_below(folder_fd: int, name: str, flags: int) -> int:
+    """os.open of `name` in an open folder; a symbolic link there is refused with its reason."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    try:
+        return os.open(encoded, flags, dir_fd=folder_fd)
+    except OSError:
+        # O_NOFOLLOW refuses a link with ELOOP, or ENOTDIR when a folder was asked for.
+        try:
+            is_link = stat.S_ISLNK(
+                os.stat(encoded, dir_fd=folder_fd, follow_symlinks=False).st_mode
+            )
+        except OSError:
+            is_link = False
+        if is_link:
+            raise UnreadableFile(SYMLINK) from None
+        raise
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"cannot read file: {exc.strerror or exc}"
+
+
+def _too_large(size: int) -> str:
+    return f"file too large: {size} bytes, the limit is {MAX_FILE_BYTES}"
+
+
+def _read_s3(root: InputRoot, options: tuple, relpath: str) -> bytes:
+    fs = s3_filesystem(root.uri, options)
+    try:
+        with fs.open_input_file(f"{root.s3}/{relpath}") as file:
+            size = file.size()
+            if size > MAX_FILE_BYTES:
+                raise UnreadableFile(_too_large(size))
+            return file.read()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, UnreadableFile):
+            raise
+        raise UnreadableFile(f"cannot read object: {exc}") from exc
+
+
+def label_for(image: str, root: str) -> str:
+    """The label of an image: the name of its parent folder, exactly as listed.
+
+    `image` and `root` are paths or URIs spelled alike (`file:` + path, or `s3://bucket/key`);
+    nothing is percent-decoded. An image directly under the root has no label folder.
+    """
+    image_root, root_root = _store_and_path(image), _store_and_path(root)
+    store, path = image_root
+    if store != root_root[0] or not path.startswith(root_root[1].rstrip("/") + "/"):
+        raise NoLabelFolder(f"{readable(image)} is not below the input root {root}")
+    relative = path[len(root_root[1].rstrip("/")) + 1 :].strip("/")
+    parts = [p for p in relative.split("/") if p]
+    if len(parts) < 2:
+        raise NoLabelFolder(no_label_folder(root))
+    return parts[-2]
+
+
+def _store_and_path(location: str) -> tuple[str, str]:
+    parsed = InputRoot.parse(location)
+    if parsed.s3 is not None:
+        bucket, _, key = parsed.s3.partition("/")
+        return f"s3://{bucket}", "/" + key
+    return "file", parsed.local or ""

@@ -16,6 +16,7 @@ Import the fixtures into a test module (`from tests.dag_harness import airflow_d
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import itertools
@@ -31,8 +32,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psutil
 import pytest
 
+from fruits_pipeline import local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
 
@@ -48,6 +51,7 @@ ALL_TASKS = frozenset(
         "validate",
         "publish",
         "terminate_cluster",
+        "release_partition",
     }
 )
 SKIPPED_RUN = {
@@ -134,6 +138,56 @@ def settings_modules_restored() -> Iterator[None]:
                 setattr(fruits_pipeline, attribute, module)
 
 
+# --- processes and files a local run leaves ----------------------------------------------------
+
+
+def cluster_ids(state_dir: Path) -> list[str]:
+    if not state_dir.is_dir():
+        return []
+    return sorted(p.name for p in state_dir.iterdir() if (p / local_cluster.CLUSTER_FILE).is_file())
+
+
+def leftover_processes(*markers: Path) -> list[str]:
+    """Processes (not zombies) whose command line names one of the markers (a state dir, an
+    AIRFLOW_HOME) or whose environment points FRUITS_LOCAL_STATE_DIR or AIRFLOW_HOME at one."""
+    texts = {str(marker) for marker in markers}
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        environ = proc.info["environ"] or {}
+        marked = {environ.get("FRUITS_LOCAL_STATE_DIR"), environ.get("AIRFLOW_HOME")} & texts
+        if marked or any(text in cmdline for text in texts):
+            found.append(f"{proc.pid}: {cmdline[:300]}")
+    return found
+
+
+def cluster_leftovers(state_dir: Path, *markers: Path) -> list[str]:
+    """Every trace of a run's processes: by marker, by cluster id and by Spark role."""
+    found = leftover_processes(state_dir, *markers)
+    for cluster_id in cluster_ids(state_dir):
+        found += [
+            f"{pid} (cluster {cluster_id})"
+            for pid in local_cluster.cluster_processes_alive(state_dir, cluster_id)
+        ]
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        roles = ("deploy.master", "deploy.worker", "local_runner", "local_cluster")
+        if any(role in cmdline for role in roles) and str(state_dir) in cmdline:
+            found.append(f"{proc.pid}: {cmdline[:300]}")
+    return found
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by path relative to root."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
 # --- what the Spark jobs write ------------------------------------------------------------
 
 
@@ -161,9 +215,11 @@ def write_featurize_outputs(
     errors: list[tuple[str, str, str]],
     *,
     dim: int = 1280,
+    run: str | None = None,
 ) -> None:
     """`features/dt=D/part-0.parquet` (path, label, features) for `rows` of (path, label), and
-    `errors/dt=D/part-0.parquet` (path, label, error) for `errors` of (path, label, error)."""
+    `errors/dt=D/part-0.parquet` (path, label, error) for `errors` of (path, label, error);
+    with `run`, in that run's staging folder (where the DAG's steps write)."""
     import pyarrow as pa
 
     features = pa.table(
@@ -180,10 +236,10 @@ def write_featurize_outputs(
             "error": pa.array([e[2] for e in errors], pa.string()),
         }
     )
-    storage.write_bytes(f"{lake.features(dt)}/part-0.parquet", _parquet(features))
-    storage.write_bytes(f"{lake.features(dt)}/_SUCCESS", b"")
-    storage.write_bytes(f"{lake.errors(dt)}/part-0.parquet", _parquet(failed))
-    storage.write_bytes(f"{lake.errors(dt)}/_SUCCESS", b"")
+    storage.write_bytes(f"{lake.features(dt, run)}/part-0.parquet", _parquet(features))
+    storage.write_bytes(f"{lake.features(dt, run)}/_SUCCESS", b"")
+    storage.write_bytes(f"{lake.errors(dt, run)}/part-0.parquet", _parquet(failed))
+    storage.write_bytes(f"{lake.errors(dt, run)}/_SUCCESS", b"")
 
 
 def write_pca_outputs(
@@ -195,9 +251,11 @@ def write_pca_outputs(
     *,
     vector_length: int | None = None,
     explained_variance: float = 0.95,
+    run: str | None = None,
 ) -> None:
     """`reduced/dt=D/part-0.parquet` (path, label, pca_features of `vector_length`, default k)
-    and `reports/dt=D/manifest.json` saying k and the explained variance."""
+    and `reports/dt=D/manifest.json` saying k and the explained variance; with `run`, in that
+    run's staging folder."""
     import pyarrow as pa
 
     reduced = pa.table(
@@ -207,10 +265,19 @@ def write_pca_outputs(
             "pca_features": _vectors(len(rows), vector_length or k, seed=2),
         }
     )
-    storage.write_bytes(f"{lake.reduced(dt)}/part-0.parquet", _parquet(reduced))
-    storage.write_bytes(f"{lake.reduced(dt)}/_SUCCESS", b"")
+    storage.write_bytes(f"{lake.reduced(dt, run)}/part-0.parquet", _parquet(reduced))
+    storage.write_bytes(f"{lake.reduced(dt, run)}/_SUCCESS", b"")
     manifest = {"partition": dt.isoformat(), "k": k, "explained_variance": explained_variance}
-    storage.write_bytes(lake.manifest(dt), json.dumps(manifest).encode())
+    storage.write_bytes(lake.manifest(dt, run), json.dumps(manifest).encode())
+
+
+def lease_holder(storage: LakeStorage, lake: Lake, dt: date) -> str:
+    """The token of the run holding the day's lease: where its steps write."""
+    from fruits_pipeline import lease
+
+    found = lease.current(storage, lake, dt)
+    assert found is not None and not found[1], f"no run holds the lease of {dt}"
+    return found[0].token
 
 
 # --- moto's EMR, driven ---------------------------------------------------------------------

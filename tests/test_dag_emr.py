@@ -30,6 +30,7 @@ from tests.dag_harness import (
     SKIPPED_RUN,
     FakeEmr,
     airflow_db,  # noqa: F401  (fixture)
+    lease_holder,
     load_dag,
     settings_modules_restored,
     step_status_with_failure_details,
@@ -199,7 +200,8 @@ def pipeline(airflow_db, monkeypatch) -> Iterator[Pipeline]:  # noqa: F811
 
 def featurize_job(pipeline: Pipeline) -> Callable[[str], tuple[str, None]]:
     def job(name: str) -> tuple[str, None]:
-        write_featurize_outputs(pipeline.storage, LAKE, D, FEATURIZED, ERRORS)
+        run = lease_holder(pipeline.storage, LAKE, D)
+        write_featurize_outputs(pipeline.storage, LAKE, D, FEATURIZED, ERRORS, run=run)
         return "COMPLETED", None
 
     return job
@@ -208,7 +210,14 @@ def featurize_job(pipeline: Pipeline) -> Callable[[str], tuple[str, None]]:
 def pca_job(pipeline: Pipeline, *, rows=FEATURIZED, vector_length: int = K):
     def job(name: str) -> tuple[str, None]:
         write_pca_outputs(
-            pipeline.storage, LAKE, D, rows, K, vector_length=vector_length, explained_variance=0.9
+            pipeline.storage,
+            LAKE,
+            D,
+            rows,
+            K,
+            vector_length=vector_length,
+            explained_variance=0.9,
+            run=lease_holder(pipeline.storage, LAKE, D),
         )
         return "COMPLETED", None
 
@@ -236,9 +245,12 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         "validate": "success",
         "publish": "success",
         "terminate_cluster": "success",
+        "release_partition": "success",
     }
     # Exactly one RunJobFlow, in the EU region, with the spec emr_config plans.
     prefix = staged_prefix()
+    [call] = pipeline.run_job_flow_calls
+    token = {tag["Key"]: tag["Value"] for tag in call["overrides"]["Tags"]}["run_token"]
     expected = job_flow_overrides(
         EmrSettings(),
         LAKE,
@@ -246,6 +258,7 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         dag_id="fruits_features",
         run_id=run.run_id,
         partition=D,
+        token=token,
     )
     assert pipeline.run_job_flow_calls == [{"region": REGION, "overrides": expected}]
     assert expected["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
@@ -322,6 +335,7 @@ def test_failed_featurize_step_fails_the_run_cancels_pca_and_terminates(pipeline
         "validate": "upstream_failed",
         "publish": "upstream_failed",
         "terminate_cluster": "success",
+        "release_partition": "success",
     }
     assert pipeline.emr.transitions == [
         (FEATURIZE, "RUNNING"),
@@ -403,7 +417,7 @@ def test_no_uploads_skips_every_later_task_and_creates_no_cluster(pipeline):
     assert pipeline.keys(LAKE.report(D)) == []
 
 
-def test_rerun_of_a_published_partition_unpublishes_it_while_in_flight(pipeline):
+def test_rerun_of_a_published_partition_keeps_it_published_until_it_replaces_it(pipeline):
     marker = LAKE.success_marker(D)
     marker_at_featurize_running: list[bool] = []
 
@@ -420,7 +434,12 @@ def test_rerun_of_a_published_partition_unpublishes_it_while_in_flight(pipeline)
     assert first_marker["explained_variance"] == 0.9
 
     def rerun_pca(name: str) -> tuple[str, None]:
-        write_pca_outputs(pipeline.storage, LAKE, D, FEATURIZED, K, explained_variance=0.8)
+        # While the rerun's steps write, readers still see the first publication.
+        assert json.loads(pipeline.storage.read_bytes(marker)) == first_marker
+        run = lease_holder(pipeline.storage, LAKE, D)
+        write_pca_outputs(
+            pipeline.storage, LAKE, D, FEATURIZED, K, explained_variance=0.8, run=run
+        )
         return "COMPLETED", None
 
     pipeline.emr.jobs["pca"] = rerun_pca
@@ -428,7 +447,7 @@ def test_rerun_of_a_published_partition_unpublishes_it_while_in_flight(pipeline)
 
     assert second.state == "success"
     assert second.run_id != first.run_id
-    assert marker_at_featurize_running == [False, False]
+    assert marker_at_featurize_running == [False, True]
     assert json.loads(pipeline.storage.read_bytes(marker)) == first_marker | {
         "explained_variance": 0.8
     }

@@ -15,7 +15,6 @@ After each run no process of its cluster (nor of its Airflow) is left.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,14 +28,20 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from fruits_pipeline import demo, local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
-from tests.dag_harness import ALL_TASKS, SKIPPED_RUN
+from tests.dag_harness import (
+    ALL_TASKS,
+    SKIPPED_RUN,
+    cluster_ids,
+    cluster_leftovers,
+    leftover_processes,
+    tree_digest,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,44 +83,6 @@ class Env:
         return self.tmp / f"clusters-{scenario}"
 
 
-def cluster_ids(state_dir: Path) -> list[str]:
-    if not state_dir.is_dir():
-        return []
-    return sorted(p.name for p in state_dir.iterdir() if (p / local_cluster.CLUSTER_FILE).is_file())
-
-
-def leftover_processes(*markers: Path) -> list[str]:
-    """Processes (not zombies) whose command line names one of the markers (a state dir, an
-    AIRFLOW_HOME) or whose environment points FRUITS_LOCAL_STATE_DIR or AIRFLOW_HOME at one."""
-    texts = {str(marker) for marker in markers}
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        environ = proc.info["environ"] or {}
-        marked = {environ.get("FRUITS_LOCAL_STATE_DIR"), environ.get("AIRFLOW_HOME")} & texts
-        if marked or any(text in cmdline for text in texts):
-            found.append(f"{proc.pid}: {cmdline[:300]}")
-    return found
-
-
-def cluster_leftovers(state_dir: Path, *markers: Path) -> list[str]:
-    """Every trace of a run's processes: by marker, by cluster id and by Spark role."""
-    found = leftover_processes(state_dir, *markers)
-    for cluster_id in cluster_ids(state_dir):
-        found += [
-            f"{pid} (cluster {cluster_id})"
-            for pid in local_cluster.cluster_processes_alive(state_dir, cluster_id)
-        ]
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        roles = ("deploy.master", "deploy.worker", "local_runner", "local_cluster")
-        if any(role in cmdline for role in roles) and str(state_dir) in cmdline:
-            found.append(f"{proc.pid}: {cmdline[:300]}")
-    return found
-
-
 def dag_runs(home: Path) -> dict[str, str]:
     with sqlite3.connect(home / "airflow.db") as db:
         return dict(db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ?", (DAG_ID,)))
@@ -128,15 +95,6 @@ def task_states(home: Path, run_id: str) -> dict[str, str]:
             (DAG_ID, run_id),
         )
         return dict(rows)
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under root, by path relative to root."""
-    return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 def file_kinds(folder: Path) -> set[str]:
@@ -152,10 +110,17 @@ def partition_digest(lake: Lake, dt: date) -> dict[str, dict[str, str]]:
     return digest
 
 
-def run_partition(env: Env, scenario: str, raw: Path, dt: date) -> Run:
-    """What `make demo` does, on the module's AIRFLOW_HOME: stage, `airflow dags test`, summary."""
+def staged_run(lake: Lake, dt: date) -> str:
+    """The token of the one run whose outputs are staged for `dt`."""
+    (folder,) = Path(lake.staging(dt)).iterdir()
+    return folder.name
+
+
+def run_partition(env: Env, scenario: str, raw: Path | None, dt: date) -> Run:
+    """What `make demo` does, on the module's AIRFLOW_HOME: stage RAW (None: the partition is
+    already in place), `airflow dags test`, summary."""
     state_dir = env.state_dir(scenario)
-    images = demo.stage_raw(str(raw), Path(env.lake.raw(dt)))
+    images = demo.stage_raw(str(raw), Path(env.lake.raw(dt))) if raw else "already in the lake"
     airflow_env = demo.airflow_env(env.home, Path(env.lake.root), "random") | {
         "FRUITS_LOCAL_STATE_DIR": str(state_dir),
         # A safety net: a cluster nobody terminates stops by itself.
@@ -300,7 +265,11 @@ def test_b_too_many_broken_uploads_fail_the_run(env, rejected):
     assert message in run.output, explain(run)
     assert f"result:   FAILED dt={D2} (exit 1); not published." in run.summary
 
-    errors = pq.read_table(lake.errors(D2)).to_pandas()
+    # The rejected run's outputs stay in its staging folder, for inspection; none is published.
+    run_token = staged_run(lake, D2)
+    for dataset in ("features", "errors", "reduced"):
+        assert not (Path(lake.root) / dataset / f"dt={D2}").exists(), dataset
+    errors = pq.read_table(lake.errors(D2, run_token)).to_pandas()
     root = f"file:{lake.raw(D2)}/"
     assert all(path.startswith(root) for path in errors["path"]), list(errors["path"])
     reasons = {
@@ -313,8 +282,8 @@ def test_b_too_many_broken_uploads_fail_the_run(env, rejected):
     assert dict(zip(errors["path"].str[len(root) :], errors["label"], strict=True)) == {
         relpath: relpath.split("/")[0] for relpath in BROKEN
     }
-    assert pq.read_table(lake.features(D2)).num_rows == 11
-    assert pq.read_table(lake.reduced(D2)).num_rows == 11
+    assert pq.read_table(lake.features(D2, run_token)).num_rows == 11
+    assert pq.read_table(lake.reduced(D2, run_token)).num_rows == 11
 
 
 def test_b_leaves_no_process(env, rejected):
@@ -328,14 +297,14 @@ def test_b_leaves_no_process(env, rejected):
 def test_d_another_date_leaves_the_published_one_byte_identical(env, rejected):
     run, before, after = rejected
     assert run.code == 1, explain(run)
-    # b ran both jobs: it wrote every dataset of D2 as a's run did for D1, but _SUCCESS.
+    # b ran both jobs: it staged every dataset of D2 as a's run published D1's, but _SUCCESS.
+    run_token = staged_run(env.lake, D2)
+    published = [(env.lake.features, "features"), (env.lake.errors, "errors"),
+                 (env.lake.reduced, "reduced"), (env.lake.pca_model, "models/pca"),
+                 (env.lake.report, "reports")]  # fmt: skip
     layout = {
-        dt: {
-            dataset: file_kinds(Path(env.lake.root) / dataset / f"dt={dt}")
-            for dataset in DATASETS
-            if dataset != "raw"
-        }
-        for dt in (D1, D2)
+        D1: {name: file_kinds(Path(path(D1))) for path, name in published},
+        D2: {name: file_kinds(Path(path(D2, run_token))) for path, name in published},
     }
     assert layout[D2] == layout[D1] | {"reports": layout[D1]["reports"] - {"_SUCCESS"}}
     assert all(before.values())
@@ -346,9 +315,10 @@ def test_d_another_date_leaves_the_published_one_byte_identical(env, rejected):
 def test_e_a_published_date_rerun_without_uploads_stays_published(env, rejected):
     """A later run of D1 whose upload folder is now empty skips and changes nothing of D1."""
     before = partition_digest(env.lake, D1)
-    raw = env.tmp / "uploads-none"
-    raw.mkdir()
-    run = run_partition(env, "e", raw, D1)
+    # The day's uploads are gone (make demo refuses an empty RAW, so empty it here).
+    shutil.rmtree(env.lake.raw(D1))
+    Path(env.lake.raw(D1)).mkdir()
+    run = run_partition(env, "e", None, D1)
     assert run.code == 0, explain(run)
     assert run.dag_run_state == "success"
     assert run.task_states == SKIPPED_RUN, explain(run)
@@ -362,34 +332,24 @@ def test_e_a_published_date_rerun_without_uploads_stays_published(env, rejected)
     assert leftover_processes(run.state_dir, env.home) == []
 
 
-def test_c_an_empty_upload_folder_skips_the_run(tmp_path, monkeypatch, capfd):
-    """Through `demo.main`, its own throwaway AIRFLOW_HOME included."""
+def test_c_an_empty_upload_folder_is_refused_before_anything(tmp_path, monkeypatch, capfd):
+    """Through `demo.main`: a RAW with no image is a parameter error; nothing is started."""
     raw = tmp_path / "uploads-empty"
     raw.mkdir()
     lake = Lake(str(tmp_path / "lake"))
-    state_dir = tmp_path / "clusters"
     homes: list[Path] = []
     airflow_env = demo.airflow_env
 
-    def with_state_dir(home: Path, lake_root: Path, weights: str) -> dict[str, str]:
+    def recorded(home: Path, lake_root: Path, weights: str) -> dict[str, str]:
         homes.append(home)
-        return airflow_env(home, lake_root, weights) | {"FRUITS_LOCAL_STATE_DIR": str(state_dir)}
+        return airflow_env(home, lake_root, weights)
 
-    monkeypatch.setattr(demo, "airflow_env", with_state_dir)
+    monkeypatch.setattr(demo, "airflow_env", recorded)
     argv = ["--raw", str(raw), "--date", str(D_EMPTY), "--lake", lake.root, "--weights", "random"]
     code = demo.main(argv)
     out, err = capfd.readouterr()
-    print(out[-3000:], err[-3000:])
 
-    assert code == 0
-    assert f"result:   SKIPPED dt={D_EMPTY}: no uploads, nothing written" in out
-    assert "raw:      0 files under" in out
-    assert "No uploads for this day" in out + err
-    assert Path(lake.raw(D_EMPTY)).is_dir()
-    assert sorted(p.name for p in Path(lake.root).iterdir()) == ["raw"]
-    for dataset in OUTPUTS:
-        assert not (Path(lake.root) / dataset).exists(), dataset
-    # No cluster was created: not even the state directory.
-    assert not state_dir.exists()
-    assert len(homes) == 1 and not homes[0].exists()
-    assert leftover_processes(state_dir, homes[0]) == []
+    assert code == 2, out[-3000:] + err[-3000:]
+    assert f"RAW '{raw}' holds no images" in err
+    assert not Path(lake.root).exists() or list(Path(lake.root).iterdir()) == []
+    assert homes == []

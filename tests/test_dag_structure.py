@@ -32,20 +32,25 @@ DAG_ID = "fruits_features"
 S3_LAKE = "s3://fruits-test-lake/prod"
 
 # task id -> (upstream task ids, downstream task ids). Besides the chain, the XComs the tasks
-# pass add edges: add_steps and the sensors take the cluster id, validate takes check_uploads'.
+# pass add edges: add_steps and the sensors take the cluster id, validate and release_partition
+# take check_uploads' and prepare_run's (the run's token).
 EDGES = {
-    "check_uploads": (set(), {"prepare_run", "validate"}),
-    "prepare_run": ({"check_uploads"}, {"create_cluster", "add_steps"}),
+    "check_uploads": (set(), {"prepare_run", "validate", "release_partition"}),
+    "prepare_run": (
+        {"check_uploads"},
+        {"create_cluster", "add_steps", "validate", "release_partition"},
+    ),
     "create_cluster": (
         {"prepare_run"},
         {"add_steps", "watch_featurize", "watch_pca", "terminate_cluster"},
     ),
     "add_steps": ({"prepare_run", "create_cluster"}, {"watch_featurize"}),
     "watch_featurize": ({"add_steps", "create_cluster"}, {"watch_pca"}),
-    "watch_pca": ({"watch_featurize", "create_cluster"}, {"validate", "terminate_cluster"}),
-    "validate": ({"watch_pca", "check_uploads"}, {"publish"}),
-    "publish": ({"validate"}, set()),
-    "terminate_cluster": ({"create_cluster", "watch_pca"}, set()),
+    "watch_pca": ({"watch_featurize", "create_cluster"}, {"validate"}),
+    "validate": ({"watch_pca", "check_uploads", "prepare_run"}, {"publish"}),
+    "publish": ({"validate"}, {"terminate_cluster"}),
+    "terminate_cluster": ({"create_cluster", "publish"}, {"release_partition"}),
+    "release_partition": ({"check_uploads", "prepare_run", "terminate_cluster"}, set()),
 }
 OPERATORS = {
     "local": {
@@ -100,7 +105,7 @@ def test_dag_file_parses_without_errors_or_warnings(parsed):
     assert bag.captured_warnings == {}
     assert bag.dag_ids == [DAG_ID]
     assert dag is not None
-    assert [(stat.dag_num, stat.task_num) for stat in bag.dagbag_stats] == [(1, 9)]
+    assert [(stat.dag_num, stat.task_num) for stat in bag.dagbag_stats] == [(1, 10)]
 
 
 def test_tasks_and_dependencies_are_exactly_the_pipeline(parsed):
@@ -116,16 +121,23 @@ def test_tasks_and_dependencies_are_exactly_the_pipeline(parsed):
     } == OPERATORS[backend]
 
 
-def test_cluster_is_a_setup_and_its_teardown_always_terminates_it(parsed):
+def test_cluster_and_lease_are_setups_and_their_teardowns_always_end_them(parsed):
     _, _, dag = parsed
     setups = {task.task_id for task in dag.tasks if task.is_setup}
     teardowns = {task.task_id for task in dag.tasks if task.is_teardown}
-    assert setups == {"create_cluster"}
-    assert teardowns == {"terminate_cluster"}
+    assert setups == {"prepare_run", "create_cluster"}
+    assert teardowns == {"terminate_cluster", "release_partition"}
     teardown = dag.get_task("terminate_cluster")
     assert {task.task_id for task in teardown.upstream_list if task.is_setup} == {"create_cluster"}
     assert teardown.trigger_rule == "all_done_setup_success"
-    assert {task.task_id for task in dag.leaves} == {"publish", "terminate_cluster"}
+    # The lease is given back last: after the cluster, whose steps could still write, is gone.
+    release = dag.get_task("release_partition")
+    assert {task.task_id for task in release.upstream_list if task.is_setup} == {"prepare_run"}
+    assert "terminate_cluster" in release.upstream_task_ids
+    assert release.trigger_rule == "all_done_setup_success"
+    assert {task.task_id for task in dag.leaves} == {"release_partition"}
+    # The run's state: publish, and the release (which fails while the cluster still lives).
+    assert (teardown.on_failure_fail_dagrun, release.on_failure_fail_dagrun) == (False, True)
 
 
 def test_serializes_as_the_scheduler_stores_it(parsed):
@@ -137,6 +149,7 @@ def test_serializes_as_the_scheduler_stores_it(parsed):
     } == EDGES
     assert back.get_task("create_cluster").is_setup is True
     assert back.get_task("terminate_cluster").is_teardown is True
+    assert back.get_task("release_partition").is_teardown is True
     assert back.max_active_runs == dag.max_active_runs
     assert back.timetable == dag.timetable
 

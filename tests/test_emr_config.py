@@ -25,6 +25,7 @@ D = date(2026, 1, 2)
 LAKE = Lake("s3://fruits-lake/prod")
 PREFIX = LAKE.artifacts("0123456789abcdef")
 RUN_ID = "scheduled__2026-01-03T00:00:00+00:00"
+TOKEN = "20260103T020000Z-0123abcd"
 
 
 def overrides(settings: EmrSettings | None = None) -> dict:
@@ -35,6 +36,7 @@ def overrides(settings: EmrSettings | None = None) -> dict:
         dag_id="fruits_features",
         run_id=RUN_ID,
         partition=D,
+        token=TOKEN,
     )
 
 
@@ -181,6 +183,7 @@ def test_tags():
         {"Key": "dag_id", "Value": "fruits_features"},
         {"Key": "dag_run", "Value": RUN_ID},
         {"Key": "partition", "Value": "2026-01-02"},
+        {"Key": "run_token", "Value": TOKEN},
     ]
 
 
@@ -192,6 +195,7 @@ def test_tag_values_are_sanitised_and_bounded():
         dag_id="fruits_features",
         run_id="manual__{{ ds }}#" + "x" * 300,
         partition=D,
+        token=TOKEN,
     )
     run_tag = next(tag["Value"] for tag in spec["Tags"] if tag["Key"] == "dag_run")
     assert run_tag == ("manual____ ds ___" + "x" * 300)[:256]
@@ -225,21 +229,26 @@ def test_cluster_roles_match_the_iam_files():
 def test_emr_needs_an_s3_lake_holding_the_artifacts(lake, prefix, message):
     with pytest.raises(ValueError, match=message):
         job_flow_overrides(
-            EmrSettings(), lake, artifacts_prefix=prefix, dag_id="d", run_id="r", partition=D
+            EmrSettings(), lake, artifacts_prefix=prefix, dag_id="d", run_id="r", partition=D,
+            token=TOKEN,
         )
     with pytest.raises(ValueError, match=message):
-        emr_steps(lake, D, prefix, RunParams(partition_date=D))
+        emr_steps(lake, D, prefix, RunParams(partition_date=D), TOKEN)
 
 
 def test_steps_run_the_staged_jobs_in_cluster_mode():
-    featurize, pca = emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D, variance=0.9))
+    featurize, pca = emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D, variance=0.9), TOKEN)
     submit = ["spark-submit", "--deploy-mode", "cluster", "--py-files", f"{PREFIX}/spark_jobs.zip"]
     assert featurize == {
         "Name": "featurize dt=2026-01-02",
         "ActionOnFailure": "CANCEL_AND_WAIT",
         "HadoopJarStep": {
             "Jar": "command-runner.jar",
-            "Args": [*submit, f"{PREFIX}/featurize.py", *featurize_args(LAKE, D, "imagenet")],
+            "Args": [
+                *submit,
+                f"{PREFIX}/featurize.py",
+                *featurize_args(LAKE, D, "imagenet", TOKEN),
+            ],
         },
     }
     assert pca == {
@@ -247,22 +256,22 @@ def test_steps_run_the_staged_jobs_in_cluster_mode():
         "ActionOnFailure": "CANCEL_AND_WAIT",
         "HadoopJarStep": {
             "Jar": "command-runner.jar",
-            "Args": [*submit, f"{PREFIX}/pca.py", *pca_args(LAKE, D, variance=0.9)],
+            "Args": [*submit, f"{PREFIX}/pca.py", *pca_args(LAKE, D, TOKEN, variance=0.9)],
         },
     }
 
 
 def test_steps_use_k_and_staged_local_weights():
     params = RunParams(partition_date=D, variance=None, k=64, weights="/opt/w/mobilenet.h5")
-    featurize, pca = emr_steps(LAKE, D, PREFIX, params)
+    featurize, pca = emr_steps(LAKE, D, PREFIX, params, TOKEN)
     featurize_job = featurize["HadoopJarStep"]["Args"][6:]
-    assert featurize_job == featurize_args(LAKE, D, f"{PREFIX}/weights/mobilenet.h5")
+    assert featurize_job == featurize_args(LAKE, D, f"{PREFIX}/weights/mobilenet.h5", TOKEN)
     assert pca["HadoopJarStep"]["Args"][-2:] == ["--k", "64"]
 
 
 def test_steps_pass_lake_weights_through():
     params = RunParams(partition_date=D, weights="s3://fruits-lake/prod/models/w.h5")
-    featurize, _ = emr_steps(LAKE, D, PREFIX, params)
+    featurize, _ = emr_steps(LAKE, D, PREFIX, params, TOKEN)
     args = featurize["HadoopJarStep"]["Args"]
     assert args[args.index("--weights") + 1] == "s3://fruits-lake/prod/models/w.h5"
     assert args[args.index("--model-cache") + 1] == "s3://fruits-lake/prod/models/tflite"
@@ -273,7 +282,7 @@ def test_emr_api_accepts_the_cluster_and_steps(aws):
     emr = boto3.client("emr", region_name=EmrSettings().region)
     cluster_id = emr.run_job_flow(**overrides())["JobFlowId"]
     step_ids = emr.add_job_flow_steps(
-        JobFlowId=cluster_id, Steps=emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D))
+        JobFlowId=cluster_id, Steps=emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D), TOKEN)
     )["StepIds"]
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["Name"] == "dt=2026-01-02 fruits_features"
@@ -375,22 +384,31 @@ def test_iam_accepts_the_policies(aws):
 def test_nodes_reach_exactly_what_the_jobs_use(lake):
     nodes = render(ROLES["emr_instance"]["policy"], lake)
     prefix = lake.artifacts("0123456789abcdef")
-    for uri in (f"{lake.raw(D)}/a.jpg", f"{prefix}/pca.py", f"{lake.features(D)}/p.parquet"):
+    staged_features = f"{lake.features(D, TOKEN)}/p.parquet"
+    for uri in (f"{lake.raw(D)}/a.jpg", f"{prefix}/pca.py", staged_features):
         assert allows(nodes, "s3:GetObject", uri), uri
-    written = [lake.features(D), lake.errors(D), lake.reduced(D), lake.pca_model(D)]
-    for uri in [*(f"{path}/part-0.parquet" for path in written), lake.manifest(D)]:
+    # The steps write their run's staging folder and the model cache, nothing published.
+    written = [lake.features, lake.errors, lake.reduced, lake.pca_model]
+    staged = [f"{path(D, TOKEN)}/part-0.parquet" for path in written]
+    for uri in [*staged, lake.manifest(D, TOKEN), f"{lake.model_cache()}/m.tflite"]:
         assert allows(nodes, "s3:PutObject", uri), uri
         assert allows(nodes, "s3:DeleteObject", uri), uri
     assert allows(nodes, "s3:PutObject", f"{lake.emr_logs()}j-1/node.log")
-    for uri in (f"{lake.raw(D)}/a.jpg", f"{prefix}/pca.py"):
+    published = [f"{path(D)}/part-0.parquet" for path in written]
+    for uri in (f"{lake.raw(D)}/a.jpg", f"{prefix}/pca.py", *published, lake.manifest(D)):
         assert not allows(nodes, "s3:PutObject", uri), uri
+        assert not allows(nodes, "s3:DeleteObject", uri), uri
     assert not allows(nodes, "s3:GetObject", "s3://fruits-lake-other/raw/a.jpg")
 
 
-def test_airflow_reads_the_lake_and_writes_artifacts_and_reports_only():
+def test_airflow_reads_the_lake_and_writes_artifacts_leases_and_publications_only():
     airflow = render(ROLES["airflow"]["policy"])
     assert allows(airflow, "s3:GetObject", LAKE.manifest(D))
     assert allows(airflow, "s3:PutObject", LAKE.success_marker(D))
     assert allows(airflow, "s3:PutObject", f"{PREFIX}/spark_jobs.zip")
+    assert allows(airflow, "s3:PutObject", f"{LAKE.lease(D)}/0000000001.json")
+    for path in (LAKE.features, LAKE.errors, LAKE.reduced, LAKE.pca_model):
+        assert allows(airflow, "s3:PutObject", f"{path(D)}/part-0.parquet")
+        assert allows(airflow, "s3:DeleteObject", f"{path(D, TOKEN)}/part-0.parquet")
     assert not allows(airflow, "s3:PutObject", f"{LAKE.raw(D)}/a.jpg")
     assert not allows(airflow, "s3:GetObject", "s3://fruits-lake/other/x")

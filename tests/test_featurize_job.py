@@ -69,7 +69,7 @@ def test_every_image_is_featurized_or_recorded_and_nothing_else(partition, outpu
     assert manifest["featurized"] == len(features) and manifest["errors"] == len(errors)
 
 
-def test_labels_are_the_decoded_parent_folders(partition, outputs):
+def test_labels_are_the_exact_parent_folders(partition, outputs):
     root, _, cases = partition
     _, _, features, _ = outputs
     by_path = dict(zip(features["path"].map(lambda p: relative(p, root)), features["label"],
@@ -161,14 +161,22 @@ def test_task_count_is_a_multiple_of_the_cores_within_the_cap(images, cores, per
 
 
 def test_files_are_spread_evenly_over_the_tasks(spark, tmp_path):
+    from spark_jobs.inputs import list_inputs
+
     root = tmp_path / "raw"
     make_synthetic_fruits(root, n_classes=3, per_class=7, seed=2)  # 21 files
-    featurize.tune_for_images(spark, 21)
-    images = featurize.read_images(spark, str(root))
-    sizes = images.rdd.mapPartitions(lambda rows: [sum(1 for _ in rows)]).collect()
+    listed = list_inputs(str(root))
+    images = featurize.image_frame(spark, listed)
+    assert images.columns == ["path", "label", "relpath"]
+    parts = images.rdd.mapPartitions(lambda rows: [[row.label for row in rows]]).collect()
+    sizes = [len(labels) for labels in parts]
     cores = spark.sparkContext.defaultParallelism
     assert len(sizes) == featurize.task_count(21, cores) and sum(sizes) == 21
-    assert max(sizes) - min(sizes) <= 2, sizes
+    assert max(sizes) - min(sizes) <= 1, sizes
+    # Dealt round-robin: every task gets photos of every label, not one folder each.
+    assert all(len(set(labels)) == 3 for labels in parts), parts
+    rows = images.collect()
+    assert sorted(row.path for row in rows) == sorted(entry.path for entry in listed)
 
 
 def test_rerun_replaces_outputs(spark, partition, outputs, tmp_path):

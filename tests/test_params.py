@@ -1,5 +1,6 @@
 import math
 from datetime import UTC, date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -98,10 +99,35 @@ def test_bad_numbers_and_unknown_params(raw, message):
 
 @pytest.mark.parametrize(
     "weights",
-    ["imagenet", "random", "/opt/weights/mobilenet_v2.h5", "s3://fruits-lake/prod/models/w.h5"],
+    ["imagenet", "random", "{tmp}/weights/mobilenet_v2.h5", "s3://fruits-lake/prod/models/w.h5"],
 )
-def test_accepted_weights(weights):
+def test_accepted_weights(weights, tmp_path):
+    weights = weights.format(tmp=tmp_path)
+    if weights.startswith("/"):  # a local weights file must exist on the worker
+        Path(weights).parent.mkdir()
+        Path(weights).write_bytes(b"\x89HDF")
     assert validate_params({"weights": weights}, LAKE).weights == weights
+
+
+def test_a_local_weights_file_that_does_not_exist_is_refused_by_name(tmp_path):
+    missing = str(tmp_path / "nonexistent.h5")
+    with pytest.raises(ValueError) as raised:
+        validate_params({"weights": missing}, LAKE)
+    assert str(raised.value) == f"the weights file {missing!r} does not exist"
+
+
+def test_a_local_weights_path_that_is_a_folder_is_refused_by_name(tmp_path):
+    folder = tmp_path / "w.h5"
+    folder.mkdir()
+    with pytest.raises(ValueError) as raised:
+        validate_params({"weights": str(folder)}, LAKE)
+    assert str(raised.value) == f"the weights path {str(folder)!r} is not a file"
+
+
+def test_the_default_weights_file_must_exist_too(tmp_path):
+    missing = str(tmp_path / "w.h5")
+    with pytest.raises(ValueError, match="does not exist"):
+        validate_params({}, LAKE, default_weights=missing)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +154,11 @@ def test_s3_weights_are_rejected_for_a_local_lake():
         validate_params({"weights": "s3://fruits-lake/prod/w.h5"}, Lake("/srv/lake"))
 
 
-def test_default_weights_come_from_the_caller():
-    params = validate_params({}, LAKE, default_weights="/opt/weights/w.h5")
-    assert params.weights == "/opt/weights/w.h5"
+def test_default_weights_come_from_the_caller(tmp_path):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"\x89HDF")
+    params = validate_params({}, LAKE, default_weights=str(weights))
+    assert params.weights == str(weights)
 
 
 def test_partition_date_param_wins():

@@ -35,14 +35,20 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from fruits_pipeline import steps, validation
+from fruits_pipeline import lease, steps, validation
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.params import validate_params
 from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
 from tests import dag_harness
-from tests.dag_harness import ALL_TASKS, load_dag, settings_modules_restored
-from tests.test_dag_local import cluster_ids, cluster_leftovers, tree_digest
+from tests.dag_harness import (
+    ALL_TASKS,
+    cluster_ids,
+    cluster_leftovers,
+    load_dag,
+    settings_modules_restored,
+    tree_digest,
+)
 from tests.test_local_backend import SCRIPTS, is_gone, wait_for
 
 airflow_db = dag_harness.airflow_db  # fixture
@@ -140,6 +146,7 @@ class Processed:
     errors: Any
     reduced: Any
     seconds: tuple[float, float]  # when its featurize job started and ended (monotonic)
+    run: str  # the run token: its outputs are in that run's staging folder
 
 
 @dataclass(frozen=True)
@@ -164,19 +171,21 @@ def process_partition(spark, lake: Lake, dt: date, start: threading.Barrier | No
 
     if start is not None:
         start.wait(timeout=60)
+    run = lease.new_run_token()
     started = time.monotonic()
     featurized = featurize.run(
-        spark, featurize.parse_args(steps.featurize_args(lake, dt, "random"))
+        spark, featurize.parse_args(steps.featurize_args(lake, dt, "random", run))
     )
     ended = time.monotonic()
-    reduced = pca.run(spark, pca.parse_args(steps.pca_args(lake, dt, variance=0.95)))
+    reduced = pca.run(spark, pca.parse_args(steps.pca_args(lake, dt, run, variance=0.95)))
     return Processed(
         featurize=featurized,
         pca=reduced,
-        features=pq.read_table(lake.features(dt)).to_pandas(),
-        errors=pq.read_table(lake.errors(dt)).to_pandas(),
-        reduced=pq.read_table(lake.reduced(dt)).to_pandas(),
+        features=pq.read_table(lake.features(dt, run)).to_pandas(),
+        errors=pq.read_table(lake.errors(dt, run)).to_pandas(),
+        reduced=pq.read_table(lake.reduced(dt, run)).to_pandas(),
         seconds=(started, ended),
+        run=run,
     )
 
 
@@ -211,8 +220,9 @@ def two_partitions(spark, tmp_path_factory) -> TwoPartitions:
         D_EARLIER,
         images_found=earlier.featurize["images_found"],
         max_error_ratio=0,
+        run=earlier.run,
     )
-    validation.publish_partition(LocalLakeStorage(), lake, summary)
+    validation.publish_partition(LocalLakeStorage(), lake, summary, run=earlier.run)
     before = partition_digest(lake, D_EARLIER)
 
     start = threading.Barrier(2)
@@ -260,7 +270,10 @@ def test_two_partitions_at_once_touch_only_their_own_outputs(two_partitions):
         assert out.pca["rows"] == len(out.features)
         # Each job read and wrote its own date's folders only.
         assert out.featurize["input"] == lake.raw(dt)
-        assert (out.pca["input"], out.pca["output"]) == (lake.features(dt), lake.reduced(dt))
+        assert (out.pca["input"], out.pca["output"]) == (
+            lake.features(dt, out.run),
+            lake.reduced(dt, out.run),
+        )
         assert not any(lake.raw(other) in path for path in out.reduced["path"])
     # The published date was not touched by either: every byte, _SUCCESS included.
     assert "_SUCCESS" in two_partitions.earlier_before["reports"]
@@ -272,8 +285,13 @@ def test_two_partitions_at_once_touch_only_their_own_outputs(two_partitions):
         for path in (Path(lake.root) / dataset).glob("dt=*")
     }
     assert partitions == {
-        f"{dataset}/dt={dt.isoformat()}" for dataset in DATASETS for dt in (D_EARLIER, D_A, D_B)
+        *(f"{dataset}/dt={D_EARLIER.isoformat()}" for dataset in DATASETS),
+        *(f"raw/dt={dt.isoformat()}" for dt in (D_A, D_B)),
     }
+    # The unpublished dates' outputs are in their runs' staging folders, nowhere else.
+    assert {
+        str(path.relative_to(lake.root)) for path in (Path(lake.root) / "staging").glob("*/*")
+    } == {f"staging/dt={dt.isoformat()}/{done[dt].run}" for dt in (D_A, D_B)}
 
 
 @pytest.mark.slow
@@ -281,16 +299,17 @@ def test_pca_rerun_replaces_its_outputs(spark, two_partitions):
     """Rerunning a step over its own outputs: same rows, same vectors, no duplicate, no stale
     part file. (The featurize job's rerun: `tests/test_featurize_job.py::
     test_rerun_replaces_outputs`; `_SUCCESS` withdrawn while a rerun is in flight:
-    `tests/test_dag_emr.py::test_rerun_of_a_published_partition_unpublishes_it_while_in_flight`
+    `tests/test_dag_emr.py::test_rerun_of_a_published_partition_keeps_it_published_until_it_replaces_it`
     and, locally, `test_failed_featurize_step_fails_the_local_run_and_leaves_no_process`.)"""
     from spark_jobs import pca
 
     lake, first = two_partitions.lake, two_partitions.done[D_B]
-    parts_before = sorted(p.name for p in Path(lake.reduced(D_B)).glob("*.parquet"))
+    reduced_folder = Path(lake.reduced(D_B, first.run))
+    parts_before = sorted(p.name for p in reduced_folder.glob("*.parquet"))
 
-    again = pca.run(spark, pca.parse_args(steps.pca_args(lake, D_B, variance=0.95)))
+    again = pca.run(spark, pca.parse_args(steps.pca_args(lake, D_B, first.run, variance=0.95)))
 
-    reduced = pq.read_table(lake.reduced(D_B)).to_pandas()
+    reduced = pq.read_table(reduced_folder).to_pandas()
     assert reduced["path"].is_unique and len(reduced) == len(first.reduced)
     left = first.reduced.sort_values("path").reset_index(drop=True)
     right = reduced.sort_values("path").reset_index(drop=True)
@@ -300,7 +319,7 @@ def test_pca_rerun_replaces_its_outputs(spark, two_partitions):
         np.stack(right["pca_features"]), np.stack(left["pca_features"]), atol=1e-5
     )
     assert (again["k"], again["rows"]) == (first.pca["k"], first.pca["rows"])
-    parts_after = sorted(p.name for p in Path(lake.reduced(D_B)).glob("*.parquet"))
+    parts_after = sorted(p.name for p in reduced_folder.glob("*.parquet"))
     assert len(parts_after) == len(parts_before) and set(parts_after).isdisjoint(parts_before)
 
 
@@ -389,18 +408,24 @@ def assert_ended_without_a_trace(world: LocalWorld) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_failed_featurize_step_fails_the_local_run_and_leaves_no_process(local_world, tmp_path):
-    """A rerun of a published date with weights that pass the form but not the job."""
+    """A rerun of a published date with a weights file that passes the form but not the job:
+    the earlier publication stays exactly as it was, the failed run's outputs stay staged."""
     from fruits_pipeline.local_runner import describe_step
 
     world, storage = local_world, LocalLakeStorage()
     storage.write_bytes(world.lake.success_marker(D_A), b'{"partition": "2026-06-02"}')
+    storage.write_bytes(f"{world.lake.reduced(D_A)}/part-earlier.parquet", b"earlier run")
+    published = {
+        dataset: tree_digest(Path(world.lake.root) / dataset) for dataset in ("reports", "reduced")
+    }
     marker_in_flight: list[bool] = []
     world.before_poke["watch_featurize"] = lambda sensor: marker_in_flight.append(
         storage.exists(world.lake.success_marker(D_A))
     )
-    missing = str(tmp_path / "missing.weights.h5")
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"not an HDF5 file")
 
-    run = world.run({"partition_date": D_A.isoformat(), "weights": missing})
+    run = world.run({"partition_date": D_A.isoformat(), "weights": str(corrupt)})
 
     assert run.state == "failed"
     assert task_states(run) == {
@@ -419,17 +444,19 @@ def test_failed_featurize_step_fails_the_local_run_and_leaves_no_process(local_w
         f"step featurize dt={D_A} ({featurize['step_id']}) FAILED: spark-submit failed "
         "(exit code 1):\nTraceback (most recent call last):"
     ), error
-    assert f"WeightsUnavailable: --weights {missing}: no such file." in error
+    assert f"WeightsUnavailable: --weights {corrupt}: not MobileNetV2" in error
     assert error.endswith(f"; log: {featurize['log_path']}")
     assert (pca["state"], pca["reason"]) == (
         "CANCELLED",
         f"cancelled after step {featurize['step_id']} failed",
     )
     assert pca["started_at"] is None
-    # Withdrawn before the steps ran, and never written again: the date does not look published.
-    assert marker_in_flight == [False]
-    assert not storage.exists(world.lake.success_marker(D_A))
-    assert not Path(world.lake.reduced(D_A)).exists()
+    # The earlier publication stayed published while the run ran, and after it failed.
+    assert marker_in_flight == [True]
+    assert {
+        dataset: tree_digest(Path(world.lake.root) / dataset) for dataset in ("reports", "reduced")
+    } == published
+    assert lease.current(storage, world.lake, D_A)[1] is True  # the lease was given back
 
 
 @pytest.mark.slow
@@ -478,6 +505,8 @@ def test_dead_step_runner_fails_the_sensor_and_the_teardown_leaves_no_process(lo
     assert is_gone(killed["submit_pid"])
     assert_ended_without_a_trace(world)
     assert not Path(world.lake.success_marker(D_A)).exists()
+    # The lease was given back once the cluster was gone: the next run may take the day.
+    assert lease.current(LocalLakeStorage(), world.lake, D_A)[1] is True
 
 
 # --- a killed sensor, on the local backend --------------------------------------------------

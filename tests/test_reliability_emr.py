@@ -15,6 +15,7 @@ from typing import Any
 import botocore.client
 import pytest
 
+from fruits_pipeline import lease
 from tests import test_dag_emr
 from tests.dag_harness import load_dag
 from tests.test_dag_emr import (
@@ -68,11 +69,17 @@ def active_clusters(pipeline: Pipeline) -> list[str]:
     return [cluster["Id"] for cluster in listed]
 
 
-def test_failed_pca_step_fails_the_run_terminates_and_unpublishes(pipeline):
+def test_failed_pca_step_fails_the_run_terminates_and_keeps_the_earlier_publication(pipeline):
     """A rerun of a published date with k=5 for 5 featurized rows: the PCA step fails, the
-    cluster ends, the earlier `_SUCCESS` is gone and nothing is published."""
+    cluster ends, and the earlier publication stays exactly as it was."""
     pipeline.put_uploads(UPLOADS)
     pipeline.storage.write_bytes(LAKE.success_marker(D), json.dumps(EARLIER_MARKER).encode())
+    pipeline.storage.write_bytes(f"{LAKE.reduced(D)}/part-earlier.parquet", b"earlier run")
+    published_before = {
+        name: pipeline.storage.read_bytes(f"{LAKE.root}/{name}")
+        for name in pipeline.keys(LAKE.root)
+        if name.startswith(("reports/", "reduced/"))
+    }
     pipeline.emr.jobs = {
         "featurize": featurize_job(pipeline),
         "pca": lambda name: ("FAILED", PCA_FAILURE),
@@ -91,6 +98,7 @@ def test_failed_pca_step_fails_the_run_terminates_and_unpublishes(pipeline):
         "validate": "upstream_failed",
         "publish": "upstream_failed",
         "terminate_cluster": "success",
+        "release_partition": "success",
     }
     assert pipeline.emr.transitions == [
         (FEATURIZE, "RUNNING"),
@@ -109,9 +117,15 @@ def test_failed_pca_step_fails_the_run_terminates_and_unpublishes(pipeline):
     cluster = pipeline.emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["Status"]["State"] == "TERMINATED"
     assert active_clusters(pipeline) == []
-    # The earlier publication was withdrawn before the steps ran, and nothing put it back.
-    assert not pipeline.storage.exists(LAKE.success_marker(D))
-    assert pipeline.keys(LAKE.report(D)) == []
+    # The earlier publication is untouched; the failed run's outputs stay in its staging
+    # folder for inspection, and the lease is released.
+    for name, data in published_before.items():
+        assert pipeline.storage.read_bytes(f"{LAKE.root}/{name}") == data, name
+    assert pipeline.keys(LAKE.report(D)) == ["_SUCCESS"]
+    assert pipeline.keys(LAKE.reduced(D)) == ["part-earlier.parquet"]
+    (token,) = {key.split("/")[0] for key in pipeline.keys(LAKE.staging(D))}
+    assert pipeline.keys(LAKE.features(D, token)) == ["_SUCCESS", "part-0.parquet"]
+    assert lease.current(pipeline.storage, LAKE, D)[1] is True
     assert pipeline.asset_events(run) == []
 
 

@@ -281,6 +281,17 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags) -> li
         bucket = f"arn:aws:s3:::{params['Bucket']}"
         if operation in ("ListObjectsV2", "ListObjects"):
             return [("s3:ListBucket", bucket, {})]
+        if operation == "DeleteObjects":
+            return [
+                ("s3:DeleteObject", f"{bucket}/{item['Key']}", {})
+                for item in params["Delete"]["Objects"]
+            ]
+        if operation == "CopyObject":
+            source = params["CopySource"]
+            return [
+                ("s3:GetObject", f"arn:aws:s3:::{source['Bucket']}/{source['Key']}", {}),
+                ("s3:PutObject", f"{bucket}/{params['Key']}", {}),
+            ]
         action = {"HeadObject": "GetObject"}.get(operation, operation)
         return [(f"s3:{action}", f"{bucket}/{params['Key']}", {})]
     if service == "emr" and operation == "RunJobFlow":
@@ -296,6 +307,8 @@ def iam_requests(service: str, operation: str, params: dict, cluster_tags) -> li
             ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{instance_role}",
              {"iam:PassedToService": "ec2.amazonaws.com"}),
         ]  # fmt: skip
+    if service == "emr" and operation == "ListClusters":
+        return [("elasticmapreduce:ListClusters", "*", {})]
     if service == "emr":
         cluster_ids = params.get("JobFlowIds") or [params.get("ClusterId") or params["JobFlowId"]]
         return [
@@ -366,5 +379,6 @@ def test_every_aws_call_of_a_run_is_allowed_by_the_airflow_policy(pipeline, monk
         "elasticmapreduce:DescribeStep",
         "elasticmapreduce:TerminateJobFlows",
         "elasticmapreduce:CancelSteps",
+        "elasticmapreduce:ListClusters",
     } <= checked, checked
     assert sorted(set(denied)) == [], "\n".join(sorted(map(str, set(denied))))

@@ -17,6 +17,9 @@ from fruits_pipeline.params import RunParams
 from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
 
 STEP_IDS = "{{{{ ti.xcom_pull(task_ids='add_steps')[{index}] }}}}"
+# Every process of a local cluster carries its run's token, so the day's lease can tell that
+# the run is alive (on EMR the cluster's `run_token` tag does this).
+RUN_TOKEN_ENV = "FRUITS_RUN_TOKEN"  # noqa: S105 (a variable name, not a password)
 
 
 class LocalBackend:
@@ -25,7 +28,9 @@ class LocalBackend:
     def __init__(self, settings: PipelineSettings):
         self.settings = settings
 
-    def plan(self, dt: date, params: RunParams, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    def plan(
+        self, dt: date, params: RunParams, *, dag_id: str, run_id: str, token: str
+    ) -> dict[str, Any]:
         """Stage the jobs in a content-addressed local folder; steps are plain spark-submits."""
         files = artifacts.artifact_files(REPO_ROOT, None)
         staged = (
@@ -45,20 +50,14 @@ class LocalBackend:
             "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
             "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
         }
-        jobs = [
-            (
-                "featurize",
-                artifacts.FEATURIZE_SCRIPT,
-                steps.featurize_args(lake, dt, params.weights),
-            ),
-            (
-                "pca",
-                artifacts.PCA_SCRIPT,
-                steps.pca_args(lake, dt, variance=params.variance, k=params.k),
-            ),
-        ]
+        jobs = steps.run_jobs(
+            lake, dt, token, weights=params.weights, variance=params.variance, k=params.k
+        )
         return {
-            "job_flow_overrides": {"idle_timeout_s": self.settings.local_idle_timeout_s},
+            "job_flow_overrides": {
+                "idle_timeout_s": self.settings.local_idle_timeout_s,
+                "env": {RUN_TOKEN_ENV: token},
+            },
             "steps": [
                 {
                     "name": f"{job} dt={dt.isoformat()}",
@@ -69,6 +68,12 @@ class LocalBackend:
                 for job, script, args in jobs
             ],
         }
+
+    def run_alive(self, token: str, partition: str) -> bool:
+        """True while a process of the run's cluster runs."""
+        from fruits_pipeline.local_cluster import marked_processes
+
+        return bool(marked_processes(RUN_TOKEN_ENV, token))
 
     def create_cluster(self, job_flow_overrides):
         from fruits_pipeline.local_operators import LocalCreateClusterOperator
@@ -118,7 +123,9 @@ class EmrBackend:
         self.settings = settings
         self.emr = EmrSettings.from_env(env)
 
-    def plan(self, dt: date, params: RunParams, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    def plan(
+        self, dt: date, params: RunParams, *, dag_id: str, run_id: str, token: str
+    ) -> dict[str, Any]:
         """Stage code, bootstrap and local weights to S3; the cluster spec and steps use them."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -139,12 +146,33 @@ class EmrBackend:
                 dag_id=dag_id,
                 run_id=run_id,
                 partition=dt,
+                token=token,
             ),
-            "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params),
+            "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, token),
         }
 
     def _aws(self) -> dict[str, Any]:
         return {"aws_conn_id": self.settings.aws_conn_id, "region_name": self.emr.region}
+
+    def run_alive(self, token: str, partition: str) -> bool:
+        """True while a cluster tagged with the run's token is not terminated."""
+        from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
+        from fruits_pipeline.emr_config import ACTIVE_STATES, RUN_TOKEN_TAG, cluster_name_prefix
+
+        client = EmrHook(**self._aws()).conn
+        # Only this day's clusters are described (the role may describe no other cluster).
+        prefix = cluster_name_prefix(date.fromisoformat(partition))
+        for page in client.get_paginator("list_clusters").paginate(
+            ClusterStates=list(ACTIVE_STATES)
+        ):
+            for summary in page["Clusters"]:
+                if not summary["Name"].startswith(prefix):
+                    continue
+                tags = client.describe_cluster(ClusterId=summary["Id"])["Cluster"].get("Tags", [])
+                if {"Key": RUN_TOKEN_TAG, "Value": token} in tags:
+                    return True
+        return False
 
     def create_cluster(self, job_flow_overrides):
         from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator

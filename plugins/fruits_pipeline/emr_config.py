@@ -15,14 +15,11 @@ from datetime import date
 from fruits_pipeline.artifacts import BOOTSTRAP_SCRIPT, JOBS_ZIP, weights_artifact_name
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.params import RunParams
-from fruits_pipeline.steps import (
-    FEATURIZE_SCRIPT,
-    PCA_SCRIPT,
-    emr_step,
-    featurize_args,
-    pca_args,
-    spark_submit_args,
-)
+from fruits_pipeline.steps import emr_step, run_jobs, spark_submit_args
+
+RUN_TOKEN_TAG = "run_token"  # noqa: S105 (a tag name, not a password)
+# Cluster states in which a run's steps may still write (EMR's ListClusters filter).
+ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING")
 
 # Regions in EU member states. London and Zurich are in Europe but outside the EU: using them
 # (or any other region) takes an explicit FRUITS_ALLOW_NON_EU_REGION=1, as GDPR transfers do.
@@ -134,11 +131,13 @@ def job_flow_overrides(
     dag_id: str,
     run_id: str,
     partition: date,
+    token: str,
 ) -> dict:
-    """RunJobFlow request of the transient cluster that processes one partition."""
+    """RunJobFlow request of the transient cluster that processes one partition; its
+    `run_token` tag tells the day's lease that the run is alive."""
     _check_emr_locations(lake, artifacts_prefix)
     overrides = {
-        "Name": f"dt={partition.isoformat()} {dag_id}"[:_CLUSTER_NAME_MAX],
+        "Name": f"{cluster_name_prefix(partition)}{dag_id}"[:_CLUSTER_NAME_MAX],
         "ReleaseLabel": settings.release_label,
         "Applications": [{"Name": "Spark"}],
         "Instances": {
@@ -205,6 +204,7 @@ def job_flow_overrides(
             {"Key": "dag_id", "Value": _tag_value(dag_id)},
             {"Key": "dag_run", "Value": _tag_value(run_id)},
             {"Key": "partition", "Value": partition.isoformat()},
+            {"Key": RUN_TOKEN_TAG, "Value": token},
         ],
         "JobFlowRole": settings.instance_profile,
         "ServiceRole": settings.service_role,
@@ -215,16 +215,20 @@ def job_flow_overrides(
     return overrides
 
 
-def emr_steps(lake: Lake, dt: date, artifacts_prefix: str, params: RunParams) -> list[dict]:
+def cluster_name_prefix(partition: date) -> str:
+    """How the names of a day's clusters start (`dt=2026-01-02 fruits_features`)."""
+    return f"dt={partition.isoformat()} "
+
+
+def emr_steps(
+    lake: Lake, dt: date, artifacts_prefix: str, params: RunParams, token: str
+) -> list[dict]:
     """The featurize then PCA steps, running the code staged under ``artifacts_prefix``."""
     _check_emr_locations(lake, artifacts_prefix)
     weights_name = weights_artifact_name(params.weights)
     weights = f"{artifacts_prefix}/{weights_name}" if weights_name else params.weights
     py_files = f"{artifacts_prefix}/{JOBS_ZIP}"
-    jobs = [
-        ("featurize", FEATURIZE_SCRIPT, featurize_args(lake, dt, weights)),
-        ("pca", PCA_SCRIPT, pca_args(lake, dt, variance=params.variance, k=params.k)),
-    ]
+    jobs = run_jobs(lake, dt, token, weights=weights, variance=params.variance, k=params.k)
     return [
         emr_step(
             f"{job} dt={dt.isoformat()}",

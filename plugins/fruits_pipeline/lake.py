@@ -14,6 +14,8 @@ S3_SCHEMES = ("s3://", "s3a://")
 # AWS bucket naming rules: 3-63 characters, lower-case letters, digits, dots and hyphens.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _DIGEST = re.compile(r"[0-9a-f]+")
+# A run's token: a path segment of its own under staging/ (made by `lease.new_run_token`).
+_RUN_TOKEN = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 
 
 def _split(location: str) -> tuple[str, tuple[str, ...]]:
@@ -87,23 +89,41 @@ class Lake:
     def raw(self, dt: date) -> str:
         return self._partition("raw", dt)
 
-    def features(self, dt: date) -> str:
-        return self._partition("features", dt)
+    # The outputs of a day. With `run`, the run's private staging copy: its steps write there,
+    # and only the holder of the day's lease moves it into place (see `published_outputs`).
+    def features(self, dt: date, run: str | None = None) -> str:
+        return self._partition("features", dt, run)
 
-    def errors(self, dt: date) -> str:
-        return self._partition("errors", dt)
+    def errors(self, dt: date, run: str | None = None) -> str:
+        return self._partition("errors", dt, run)
 
-    def reduced(self, dt: date) -> str:
-        return self._partition("reduced", dt)
+    def reduced(self, dt: date, run: str | None = None) -> str:
+        return self._partition("reduced", dt, run)
 
-    def pca_model(self, dt: date) -> str:
-        return self._partition("models/pca", dt)
+    def pca_model(self, dt: date, run: str | None = None) -> str:
+        return self._partition("models/pca", dt, run)
 
-    def report(self, dt: date) -> str:
-        return self._partition("reports", dt)
+    def report(self, dt: date, run: str | None = None) -> str:
+        return self._partition("reports", dt, run)
 
-    def manifest(self, dt: date) -> str:
-        return f"{self.report(dt)}/manifest.json"
+    def manifest(self, dt: date, run: str | None = None) -> str:
+        return f"{self.report(dt, run)}/manifest.json"
+
+    def published_outputs(self, dt: date, run: str) -> list[tuple[str, str]]:
+        """(staged folder, published folder) of every output a run publishes, in order."""
+        return [
+            (dataset(dt, run), dataset(dt))
+            for dataset in (self.features, self.errors, self.reduced, self.pca_model, self.report)
+        ]
+
+    def staging(self, dt: date, run: str | None = None) -> str:
+        """Where the runs of a day stage their outputs; with `run`, that run's folder."""
+        folder = self._partition("staging", dt)
+        return f"{folder}/{self._checked_run(run)}" if run is not None else folder
+
+    def lease(self, dt: date) -> str:
+        """Folder of the day's lease records: one writer per day (see lease.py)."""
+        return self._partition("leases", dt)
 
     def success_marker(self, dt: date) -> str:
         return f"{self.report(dt)}/_SUCCESS"
@@ -122,11 +142,19 @@ class Lake:
         """EMR LogUri: a prefix, hence the trailing slash."""
         return f"{self.root}/logs/emr/"
 
-    def _partition(self, dataset: str, dt: date) -> str:
+    def _partition(self, dataset: str, dt: date, run: str | None = None) -> str:
         # A datetime is a date too, but its isoformat() would put a time in the path.
         if not isinstance(dt, date) or isinstance(dt, datetime):
             raise TypeError(f"partition must be a datetime.date, got {dt!r}")
+        if run is not None:
+            return f"{self.staging(dt, run)}/{dataset}"
         return f"{self.root}/{dataset}/dt={dt.isoformat()}"
+
+    @staticmethod
+    def _checked_run(run: str) -> str:
+        if not isinstance(run, str) or not _RUN_TOKEN.fullmatch(run):
+            raise ValueError(f"not a run token: {run!r}")
+        return run
 
     def _s3_store(self) -> str:
         if not self.is_s3:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,17 @@ class LakeStorage(Protocol):
 
     def local_copy(self, uri: str) -> Any:
         """A context manager giving a local path holding the file's bytes."""
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """Create the file with `data` unless it exists, atomically; False when it existed."""
+
+    def replace_folder(self, source: str, target: str) -> None:
+        """Make `target` hold exactly what `source` holds, then remove `source`.
+
+        Readers of `target` may find it empty for a moment, never a mix of the two."""
+
+    def delete_folder(self, uri: str) -> None:
+        """Delete everything below `uri`; no error when there is nothing."""
 
 
 class LocalLakeStorage:
@@ -61,6 +73,36 @@ class LocalLakeStorage:
     @contextmanager
     def local_copy(self, uri: str) -> Iterator[str]:
         yield uri
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        # Written whole under a private name, then hard-linked: the link fails when the name
+        # exists, and a reader never sees the file half written.
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        partial.write_bytes(data)
+        try:
+            os.link(partial, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            partial.unlink()
+
+    def replace_folder(self, source: str, target: str) -> None:
+        # Two renames: the old folder steps aside under a hidden name, the new one takes its
+        # place. Each rename is atomic; between them the target is briefly absent.
+        source_path, target_path = Path(source), Path(target)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        trash = target_path.with_name(f".{target_path.name}.replaced-{uuid.uuid4().hex}")
+        if target_path.exists():
+            os.rename(target_path, trash)
+        if source_path.exists():
+            os.rename(source_path, target_path)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def delete_folder(self, uri: str) -> None:
+        shutil.rmtree(uri, ignore_errors=True)
 
 
 class S3LakeStorage:
@@ -112,6 +154,48 @@ class S3LakeStorage:
             yield path
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        # S3's conditional write: the PUT fails with 412 when the key exists.
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.lake.bucket,
+                Key=self._key(uri),
+                Body=data,
+                IfNoneMatch="*",
+                **self.encryption,
+            )
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise
+
+    def replace_folder(self, source: str, target: str) -> None:
+        # S3 has no rename: the old objects go first, so readers never see two runs' rows mixed;
+        # then the new ones are copied in (server-side) and the staged ones removed.
+        source_prefix = self._key(source).rstrip("/") + "/"
+        target_prefix = self._key(target).rstrip("/") + "/"
+        self.delete_folder(target)
+        for name in self.list_files(source):
+            self.client.copy(
+                {"Bucket": self.lake.bucket, "Key": source_prefix + name},
+                self.lake.bucket,
+                target_prefix + name,
+                ExtraArgs=self.encryption,
+            )
+        self.delete_folder(source)
+
+    def delete_folder(self, uri: str) -> None:
+        prefix = self._key(uri).rstrip("/") + "/"
+        keys = [prefix + name for name in self.list_files(uri)]
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+            self.client.delete_objects(
+                Bucket=self.lake.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys[start : start + 1000]]},
+            )
 
 
 def lake_storage(

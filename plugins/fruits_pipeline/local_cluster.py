@@ -10,6 +10,10 @@ session, output in log files) and all state lives in JSON files under
 - ``work/``: the worker's work directory (executor stdout/stderr);
 - ``steps.json`` and ``steps/<step_id>/``: the step queue, see ``local_runner``.
 
+When ``FRUITS_LOCAL_CLUSTER_OWNER=<pid>`` is set for the process starting a cluster (``make
+demo`` sets it to its own pid), the cluster records that process as its owner and its watchdog
+terminates it (reason ``owner exited``) as soon as the owner is gone, killed or not.
+
 Every process of a cluster carries ``FRUITS_LOCAL_CLUSTER_ID=<cluster_id>`` in its environment,
 which Spark passes down to executors and Python workers: terminate finds them all by it, even
 those that left their parent's process group (PySpark's worker daemon does).
@@ -44,6 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLUSTER_ENV = "FRUITS_LOCAL_CLUSTER_ID"
+OWNER_ENV = "FRUITS_LOCAL_CLUSTER_OWNER"
 STARTING, WAITING, RUNNING = "STARTING", "WAITING", "RUNNING"
 TERMINATING, TERMINATED = "TERMINATING", "TERMINATED"
 ENDED = (TERMINATING, TERMINATED)
@@ -266,8 +271,10 @@ def start_cluster(
     Returns once the worker has registered with the master (the state is then WAITING), with the
     cluster description (see describe_cluster). ``env`` adds to the caller's environment for the
     cluster's processes, and so for the executors. The watchdog terminates the cluster once no
-    step has been pending or running for ``idle_timeout_s`` (EMR's auto-termination policy).
+    step has been pending or running for ``idle_timeout_s`` (EMR's auto-termination policy), and
+    as soon as the owner process named by ``FRUITS_LOCAL_CLUSTER_OWNER`` (if set) is gone.
     """
+    owner = _owner_record({**os.environ, **(env or {})}.get(OWNER_ENV))
     cluster_id = f"local-{uuid.uuid4().hex[:12]}"
     cdir = cluster_dir(state_dir, cluster_id)
     (cdir / "logs").mkdir(parents=True)
@@ -291,6 +298,7 @@ def start_cluster(
         "ended_at": None,
         "last_activity_at": now,
         "starter": process_record(os.getpid()),
+        "owner": owner,
         "processes": {},
     }
     write_json(cdir / CLUSTER_FILE, state)
@@ -327,6 +335,16 @@ def start_cluster(
         state.update(state=WAITING, ready_at=now, last_activity_at=now)
     log.info("Local Spark cluster %s is up at %s", cluster_id, state["master_url"])
     return state
+
+
+def _owner_record(value: str | None) -> dict[str, Any] | None:
+    """The owner's process record (a pid already gone gets no start time: the watchdog then
+    terminates the cluster at once), or None when no owner is named."""
+    if not value:
+        return None
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"{OWNER_ENV} must be a process id, got {value!r}")
+    return process_record(int(value))
 
 
 def describe_cluster(state_dir: str | os.PathLike[str], cluster_id: str) -> dict[str, Any]:
@@ -373,8 +391,8 @@ def cluster_processes_alive(state_dir: str | os.PathLike[str], cluster_id: str) 
 
 def _watch(state_dir: str, cluster_id: str) -> None:
     """The watchdog's loop: terminate the cluster when it has been idle for its idle timeout,
-    when its master or worker died, or when the process starting it died before it was ready;
-    stop its processes when its directory vanished."""
+    when its master or worker died, when the process starting it died before it was ready, or
+    when its owner (if it has one) is gone; stop its processes when its directory vanished."""
     cdir = cluster_dir(state_dir, cluster_id)
     state = read_json(cdir / CLUSTER_FILE)
     idle_timeout_s = state["idle_timeout_s"]
@@ -388,6 +406,12 @@ def _watch(state_dir: str, cluster_id: str) -> None:
             stop_processes(_cluster_processes(cluster_id, state), grace_s=10)
             return
         if state["state"] in ENDED:
+            return
+        if state.get("owner") and live_process(state["owner"]) is None:
+            try:
+                terminate_cluster(state_dir, cluster_id, reason="owner exited")
+            except (LookupError, OSError):  # the owner's cleanup removed the state meanwhile
+                stop_processes(_cluster_processes(cluster_id, state), grace_s=10)
             return
         if state["state"] == STARTING:
             if live_process(state["starter"]) is None:

@@ -6,6 +6,7 @@ also checks what a JSON schema cannot (real dates, paths inside the lake).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -167,6 +168,11 @@ def _weights(weights: Any, lake: Lake) -> str:
         # EMR runs upload this file to the lake: never let the form pick any file of the worker.
         if not weights.endswith(".h5"):
             raise ValueError(f"a weights path must name a Keras .h5 file, got {weights!r}")
+        # Refused here, in check_uploads, rather than minutes later by the featurize step.
+        if not os.path.exists(weights):
+            raise ValueError(f"the weights file {weights!r} does not exist")
+        if not os.path.isfile(weights):
+            raise ValueError(f"the weights path {weights!r} is not a file")
         return weights
     if weights.startswith(S3_SCHEMES):
         if not lake.is_within(weights):

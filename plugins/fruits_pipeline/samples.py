@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import os
 import re
 import struct
 import unicodedata
@@ -360,3 +361,166 @@ def make_bad_input_corpus(root: Path) -> list[CorpusCase]:
 def IMAGE_CASES_FOUND(cases: Iterable[CorpusCase]) -> int:
     """Images the pipeline should find: processed plus errors, not ignored files."""
     return sum(case.expected != "ignored" for case in cases)
+
+
+# --- names and links: what the file system allows, however hostile ------------------------------
+
+# Label folders whose names broke URI-based path handling: '#', '?', a literal '%20', ':', glob
+# characters, quotes, backslashes, control characters, non-ASCII letters and emoji.
+HOSTILE_LABELS = (
+    "Kiwi",
+    "a#b?c",
+    "100%20 Juice",
+    "C:D",
+    "Ünïcødé 🍎 水果",
+    "-dash label",
+    "back\\slash",
+    "new\nline",
+    "tab\there",
+    "[glob]{a,b}*?",
+    "quote \"double\" 'single'",
+    "  spaces  ",
+    "%",
+    "+plus+",
+)
+
+# File names, each written in one of the label folders above (the i-th name in label i mod n).
+HOSTILE_FILE_NAMES = (
+    "a#b.jpg",
+    "q?x.jpg",
+    "percent%20x.jpg",
+    "100%.jpg",
+    "%41.jpg",  # would decode to "A.jpg"
+    "a%2Fb.jpg",  # would decode to a slash
+    "a:b.jpg",
+    "file:x.jpg",
+    "with space.jpg",
+    " leading space.jpg",
+    "trailing space .jpg",
+    'quote".jpg',
+    "apos'.jpg",
+    "-dash.jpg",
+    "--.jpg",
+    "back\\slash.jpg",
+    "new\nline.jpg",
+    "tab\t.jpg",
+    "carriage\rreturn.jpg",
+    "ctrl\x01\x7f.jpg",
+    "é accent.jpg",
+    "e\u0301 combining.jpg",  # decomposed (NFD): kept as is, not normalized
+    "水果.jpg",
+    "🍎.png",
+    "[x].jpg",
+    "{a,b}.jpg",
+    "*.jpg",
+    "?.jpg",
+    "a+b.jpg",
+    "semi;colon&amp=.jpg",
+    "$HOME `tick` |pipe| <angle> ~!.jpg",
+    "x.JPG.jpg",
+    "a..jpg",
+    "_a=b.JPEG",  # '_' with '=': a partition-like name, not hidden
+    "L" * 251 + ".jpg",  # 255 bytes, the longest name ext4 allows
+    "é" * 125 + ".jpeg",  # 255 bytes of two-byte letters
+)
+
+
+@dataclass(frozen=True)
+class NameCase:
+    """One entry of the hostile-name or link corpus and what the pipeline must do with it.
+
+    `relpath` is the name below the root as listed, '/'-separated; a name that is not UTF-8 is
+    held with surrogateescape (`os.fsdecode`), and `shown` is how outputs spell it (\\xNN
+    escapes). `label` is the parent folder as shown; `reason_contains` a part of the error.
+    """
+
+    relpath: str
+    expected: Outcome
+    label: str | None
+    reason_contains: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return self.relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _shown_parent(relpath: str) -> str | None:
+    parts = relpath.split("/")
+    return NameCase(parts[-2], "ignored", None).shown if len(parts) > 1 else None
+
+
+def _write_at(root: Path, relpath: str, data: bytes) -> None:
+    _write_bytes(Path(root) / relpath, data)
+
+
+def make_hostile_name_corpus(root: Path) -> list[NameCase]:
+    """Write a valid photo under every legal-but-hostile name, plus the names no output can hold.
+
+    Every name in HOSTILE_FILE_NAMES is featurized under its exact label and name; a name that
+    is not UTF-8 (a file, or the folder holding it) is an error row; hidden and non-image names
+    with the same characters are ignored; a hostile name directly in the root has no label.
+    """
+    photo = _encode(_sample_fruit(), "JPEG", quality=90)
+    cases: list[NameCase] = []
+    for index, name in enumerate(HOSTILE_FILE_NAMES):
+        label = HOSTILE_LABELS[index % len(HOSTILE_LABELS)]
+        cases.append(NameCase(f"{label}/{name}", "processed", label))
+    for label in HOSTILE_LABELS:  # every label folder holds at least one photo
+        cases.append(NameCase(f"{label}/photo.jpg", "processed", label))
+    # Deeper folders: the label is the image's parent folder, however odd the grandparent.
+    cases.append(NameCase("outer#1/inner?2/x%20y.jpg", "processed", "inner?2"))
+    undecodable = [
+        ("Kiwi/\udcff\udcfe.jpg", "file name is not valid utf-8"),
+        ("Kiwi/latin1 caf\udce9.jpg", "file name is not valid utf-8"),
+        ("Bad \udce9 label/ok.jpg", "folder name is not valid utf-8"),
+    ]
+    for relpath, reason in undecodable:
+        cases.append(NameCase(relpath, "error", _shown_parent(relpath), reason))
+    cases.append(NameCase("#orphan?.jpg", "error", None, "no label folder"))
+    for relpath in ("Kiwi/a#b.txt", "Kiwi/\udcff.txt", "Kiwi/.a:b.jpg.crc", "Kiwi/.#x.jpg",
+                    "Kiwi/_#x.jpg", ".hidden#dir/x.jpg", "Kiwi/x.jpg._COPYING_"):  # fmt: skip
+        cases.append(NameCase(relpath, "ignored", None))
+    for case in cases:
+        _write_at(root, case.relpath, photo)
+    return cases
+
+
+def make_link_corpus(root: Path, outside: Path) -> list[NameCase]:
+    """Symbolic links (and a fifo) under `root`, pointing inside, outside, nowhere and in loops.
+
+    `outside` (not below `root`) receives `secret.jpg`, a valid photo, and `folder/inside.jpg`:
+    links point at them, and neither may ever be read. Every non-hidden link is one error row,
+    whatever its name; a hidden link is ignored; the real photo beside them is featurized.
+    """
+    root, outside = Path(root), Path(outside)
+    photo = _encode(_fruit_on_white(FRUIT_STYLES[3], 100, np.random.default_rng(7)), "JPEG")
+    secret = outside / "secret.jpg"
+    _write_bytes(secret, photo)
+    _write_bytes(outside / "folder" / "inside.jpg", photo)
+    _write_bytes(root / "Linked" / "real.jpg", photo)
+    links = {
+        "Linked/evil.jpg": secret,  # a valid photo outside the input
+        "Linked/passwd.jpg": Path("/etc/passwd"),
+        "Linked/notes.txt": secret,  # a link is an error whatever its name
+        "Linked/dangling.jpg": Path("does-not-exist.jpg"),
+        "Linked/loop.jpg": Path("loop.jpg"),  # points at itself
+        "Linked/up": Path(".."),  # a folder loop
+        "Folder link": outside / "folder",  # a folder outside the input
+        "Linked again": Path("Linked"),  # a folder inside the input
+        "root link.jpg": secret,  # directly in the root
+        "Linked/.hidden link.jpg": secret,  # hidden: ignored, not followed
+    }
+    for relpath, target in links.items():
+        (root / relpath).symlink_to(target)
+    fifo = root / "Linked" / "pipe.jpg"
+    os.mkfifo(fifo)
+    cases = [NameCase("Linked/real.jpg", "processed", "Linked")]
+    for relpath in links:
+        hidden = relpath.rsplit("/", 1)[-1].startswith(".")
+        cases.append(
+            NameCase(relpath, "ignored", None)
+            if hidden
+            else NameCase(relpath, "error", _shown_parent(relpath), "symbolic link, not followed")
+        )
+    cases.append(NameCase("Linked/pipe.jpg", "error", "Linked", "not a regular file"))
+    return cases

@@ -14,6 +14,8 @@ deployment. EMR-specific ones (`FRUITS_EMR_*`) are read by `emr_config.EmrSettin
 | FRUITS_AWS_CONN_ID | Airflow connection for S3 and EMR | aws_default |
 | FRUITS_LOCAL_STATE_DIR | local backend: cluster state, logs, staged code | <repo>/.lake-clusters |
 | FRUITS_LOCAL_IDLE_TIMEOUT_S | local backend: a cluster with no step for this long stops | 1800 |
+| FRUITS_LEASE_GRACE_S | a day's lease whose run has no live cluster after this long is free | 900 |
+| FRUITS_LEASE_TTL_S | a lease expires this long after it was taken, whatever its run | 43200 |
 
 Default weights: ../shared's ImageNet weights file when it is beside the repository, else
 `imagenet` (Keras downloads them; on EMR nodes with internet access).
@@ -46,6 +48,8 @@ class PipelineSettings:
     aws_conn_id: str
     local_state_dir: str
     local_idle_timeout_s: float
+    lease_grace_s: float
+    lease_ttl_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
@@ -59,11 +63,13 @@ class PipelineSettings:
         max_active_runs = _number(env, "FRUITS_MAX_ACTIVE_RUNS", "2", int)
         if max_active_runs < 1:
             raise ValueError(f"FRUITS_MAX_ACTIVE_RUNS must be at least 1, got {max_active_runs}")
-        idle_timeout_s = _number(env, "FRUITS_LOCAL_IDLE_TIMEOUT_S", "1800", float)
-        if not 0 < idle_timeout_s < math.inf:
+        idle_timeout_s = _seconds(env, "FRUITS_LOCAL_IDLE_TIMEOUT_S", "1800")
+        lease_grace_s = _seconds(env, "FRUITS_LEASE_GRACE_S", "900")
+        lease_ttl_s = _seconds(env, "FRUITS_LEASE_TTL_S", "43200")
+        if lease_ttl_s <= lease_grace_s:
             raise ValueError(
-                f"FRUITS_LOCAL_IDLE_TIMEOUT_S must be a positive number of seconds, "
-                f"got {idle_timeout_s}"
+                f"FRUITS_LEASE_TTL_S ({lease_ttl_s}) must be longer than FRUITS_LEASE_GRACE_S "
+                f"({lease_grace_s})"
             )
         default_weights = env.get("FRUITS_WEIGHTS") or (
             str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "imagenet"
@@ -77,12 +83,21 @@ class PipelineSettings:
             aws_conn_id=env.get("FRUITS_AWS_CONN_ID", "aws_default"),
             local_state_dir=env.get("FRUITS_LOCAL_STATE_DIR", str(REPO_ROOT / ".lake-clusters")),
             local_idle_timeout_s=idle_timeout_s,
+            lease_grace_s=lease_grace_s,
+            lease_ttl_s=lease_ttl_s,
         )
 
     @property
     def daily_cron(self) -> str:
         hour, minute = self.daily_at.split(":")
         return f"{int(minute)} {int(hour)} * * *"
+
+
+def _seconds(env: Mapping[str, str], name: str, default: str) -> float:
+    seconds = _number(env, name, default, float)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, got {seconds}")
+    return seconds
 
 
 def _number(env: Mapping[str, str], name: str, default: str, kind: type[int] | type[float]):

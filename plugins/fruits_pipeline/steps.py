@@ -11,31 +11,43 @@ FEATURIZE_SCRIPT = "featurize.py"
 PCA_SCRIPT = "pca.py"
 
 
-def featurize_args(lake: Lake, dt: date, weights: str) -> list[str]:
-    """Arguments of ``spark_jobs/featurize.py``: images in, feature vectors and failures out."""
+def featurize_args(lake: Lake, dt: date, weights: str, run: str) -> list[str]:
+    """Arguments of ``spark_jobs/featurize.py``: images in, feature vectors and failures out
+    to the run's staging folder."""
     return [
         "--input", lake.raw(dt),
-        "--output", lake.features(dt),
-        "--errors", lake.errors(dt),
+        "--output", lake.features(dt, run),
+        "--errors", lake.errors(dt, run),
         "--weights", weights,
         "--model-cache", lake.model_cache(),
     ]  # fmt: skip
 
 
 def pca_args(
-    lake: Lake, dt: date, *, variance: float | None = None, k: int | None = None
+    lake: Lake, dt: date, run: str, *, variance: float | None = None, k: int | None = None
 ) -> list[str]:
-    """Arguments of ``spark_jobs/pca.py``; exactly one of ``variance`` and ``k`` sizes the PCA."""
+    """Arguments of ``spark_jobs/pca.py`` on the run's staging folder; exactly one of
+    ``variance`` and ``k`` sizes the PCA."""
     if (variance is None) == (k is None):
         raise ValueError(f"give exactly one of variance or k, got variance={variance!r}, k={k!r}")
     size = ["--variance", str(variance)] if k is None else ["--k", str(k)]
     return [
-        "--input", lake.features(dt),
-        "--output", lake.reduced(dt),
-        "--model", lake.pca_model(dt),
-        "--report", lake.report(dt),
+        "--input", lake.features(dt, run),
+        "--output", lake.reduced(dt, run),
+        "--model", lake.pca_model(dt, run),
+        "--report", lake.report(dt, run),
         *size,
     ]  # fmt: skip
+
+
+def run_jobs(
+    lake: Lake, dt: date, run: str, *, weights: str, variance: float | None, k: int | None
+) -> list[tuple[str, str, list[str]]]:
+    """The jobs of one run, in order, for both backends: (name, entry script, arguments)."""
+    return [
+        ("featurize", FEATURIZE_SCRIPT, featurize_args(lake, dt, weights, run)),
+        ("pca", PCA_SCRIPT, pca_args(lake, dt, run, variance=variance, k=k)),
+    ]
 
 
 def spark_submit_args(

@@ -1,18 +1,26 @@
-"""The Airflow-side tasks of `fruits_features`: thin wrappers over the pure functions."""
+"""The Airflow-side tasks of `fruits_features`: thin wrappers over the pure functions.
+
+A run writes its day under a lease (lease.py): `prepare_run` takes it, the steps write under
+the run's staging folder, `validate` checks the staged outputs, `publish` moves them into place
+and writes `_SUCCESS`, `release_partition` (the last teardown) gives the lease back.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import date
 from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
-from fruits_pipeline import validation
+from fruits_pipeline import lease, validation
 from fruits_pipeline.lake_io import lake_storage
 from fruits_pipeline.params import RunParams, partition_date_from_context, validate_params
 from fruits_pipeline.settings import PipelineSettings
 
+# An EMR cluster takes a minute or two from TERMINATING to TERMINATED.
+RELEASE_WAIT_S, RELEASE_POLL_S = 1200, 10
 SETTINGS = PipelineSettings.from_env()
 REDUCED_FEATURES = Asset(
     name="fruits_reduced_features",
@@ -63,21 +71,46 @@ def check_uploads() -> dict[str, Any] | None:
 
 @task(multiple_outputs=True)
 def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
-    """Mark the partition unpublished, stage the code, plan the cluster and its two steps."""
+    """Take the day's lease, stage the code, plan the cluster and its two steps.
+
+    The published day stays as it is until this run publishes: its steps write to staging.
+    """
     from fruits_pipeline.backends import backend_for
 
     context = get_current_context()
     settings = PipelineSettings.from_env()
+    storage = _storage(settings)
+    backend = backend_for(settings)
     dt = date.fromisoformat(run["partition"])
-    validation.unpublish_partition(_storage(settings), settings.lake, dt)
-    return backend_for(settings).plan(
-        dt, _run_params(run), dag_id=context["dag"].dag_id, run_id=context["run_id"]
+    token = lease.new_run_token()
+    held = lease.acquire(
+        storage,
+        settings.lake,
+        dt,
+        token=token,
+        dag_id=context["dag"].dag_id,
+        run_id=context["run_id"],
+        holder_alive=backend.run_alive,
+        grace_s=settings.lease_grace_s,
+        ttl_s=settings.lease_ttl_s,
     )
+    print(f"Holding the lease of dt={dt.isoformat()}: {held.describe()}")
+    try:
+        # What earlier runs staged and never published: theirs were killed or failed.
+        storage.delete_folder(settings.lake.staging(dt))
+        plan = backend.plan(
+            dt, _run_params(run), dag_id=context["dag"].dag_id, run_id=context["run_id"],
+            token=token,
+        )  # fmt: skip
+    except BaseException:
+        lease.release(storage, settings.lake, dt, token)
+        raise
+    return {**plan, "token": token}
 
 
 @task
-def validate(run: dict[str, Any]) -> dict[str, Any]:
-    """Every vector has k dimensions and is finite; counts add up; few enough errors."""
+def validate(run: dict[str, Any], token: str) -> dict[str, Any]:
+    """Every staged vector has k dimensions and is finite; counts add up; few enough errors."""
     settings = PipelineSettings.from_env()
     summary = validation.validate_partition(
         _storage(settings),
@@ -85,20 +118,27 @@ def validate(run: dict[str, Any]) -> dict[str, Any]:
         date.fromisoformat(run["partition"]),
         images_found=run["images_found"],
         max_error_ratio=run["params"]["max_error_ratio"],
+        run=token,
     )
     print(f"Partition valid: {summary}")
-    return dataclasses.asdict(summary)
+    return dataclasses.asdict(summary) | {"token": token}
 
 
 @task(outlets=[REDUCED_FEATURES])
 def publish(summary: dict[str, Any]) -> str:
-    """Write `_SUCCESS` and emit an asset event for the reduced features of the partition."""
+    """Move the run's outputs into place, write `_SUCCESS`, emit an asset event.
+
+    Only while the run holds the day's lease: a run that lost it publishes nothing.
+    """
     context = get_current_context()
     settings = PipelineSettings.from_env()
-    marker = validation.publish_partition(
-        _storage(settings), settings.lake, validation.PartitionSummary(**summary)
-    )
+    storage = _storage(settings)
+    token = summary.pop("token")
     dt = date.fromisoformat(summary["partition"])
+    lease.check_held(storage, settings.lake, dt, token)
+    marker = validation.publish_partition(
+        storage, settings.lake, validation.PartitionSummary(**summary), run=token
+    )
     context["outlet_events"][REDUCED_FEATURES].extra = {
         "partition": summary["partition"],
         "uri": settings.lake.reduced(dt),
@@ -107,3 +147,29 @@ def publish(summary: dict[str, Any]) -> str:
     }
     print(f"Published dt={summary['partition']}: {marker}")
     return marker
+
+
+@task
+def release_partition(run: dict[str, Any], token: str) -> None:
+    """Give the day's lease back once the run's cluster is gone (the last teardown).
+
+    A cluster still alive (its termination failed or is slow) could still write: the lease is
+    kept and the task fails, which fails the run.
+    """
+    from fruits_pipeline.backends import backend_for
+
+    settings = PipelineSettings.from_env()
+    dt = date.fromisoformat(run["partition"])
+    backend = backend_for(settings)
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while backend.run_alive(token, run["partition"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the cluster of run {token} is still alive {RELEASE_WAIT_S} s after its "
+                f"termination: the lease of dt={dt.isoformat()} is kept until it ends"
+            )
+        time.sleep(RELEASE_POLL_S)
+    if lease.release(_storage(settings), settings.lake, dt, token):
+        print(f"Released the lease of dt={dt.isoformat()}")
+    else:
+        print(f"The lease of dt={dt.isoformat()} was not this run's to release")

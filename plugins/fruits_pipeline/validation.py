@@ -15,7 +15,7 @@ import numpy as np
 
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
-from spark_jobs.inputs import is_hidden_name, is_image_relpath
+from spark_jobs.inputs import classify_keys, is_hidden_name, list_inputs
 
 
 class ValidationFailed(RuntimeError):
@@ -35,8 +35,17 @@ class PartitionSummary:
 
 
 def count_images(storage: LakeStorage, lake: Lake, dt: date) -> int:
-    """Uploads of the day that the jobs must account for (same rule as the featurize job)."""
-    return sum(1 for name in storage.list_files(lake.raw(dt)) if is_image_relpath(name))
+    """Uploads of the day that the jobs must account for: images plus the files recorded as
+    errors (symbolic links, undecodable names...). The featurize job's own listing and
+    classification (`spark_jobs.inputs`), so both sides count the same files by construction:
+    a local lake is listed as the job lists it; S3 keys are classified as the job does."""
+    raw = lake.raw(dt)
+    if not lake.is_s3:
+        try:
+            return len(list_inputs(raw))
+        except FileNotFoundError:
+            return 0
+    return len(classify_keys(raw, storage.list_files(raw)))
 
 
 def parquet_parts(storage: LakeStorage, dataset: str) -> list[str]:
@@ -78,16 +87,24 @@ def reduced_vectors_check(storage: LakeStorage, dataset: str, k: int) -> tuple[i
 
 
 def validate_partition(
-    storage: LakeStorage, lake: Lake, dt: date, *, images_found: int, max_error_ratio: float
+    storage: LakeStorage,
+    lake: Lake,
+    dt: date,
+    *,
+    images_found: int,
+    max_error_ratio: float,
+    run: str | None = None,
 ) -> PartitionSummary:
-    """Check a partition's outputs; raise ValidationFailed with every problem and its numbers."""
-    if not storage.exists(lake.manifest(dt)):
-        raise ValidationFailed(f"no PCA manifest at {lake.manifest(dt)}: the PCA step wrote none")
-    manifest = json.loads(storage.read_bytes(lake.manifest(dt)))
+    """Check a partition's outputs (with `run`, that run's staged ones); raise ValidationFailed
+    with every problem and its numbers."""
+    manifest_uri = lake.manifest(dt, run)
+    if not storage.exists(manifest_uri):
+        raise ValidationFailed(f"no PCA manifest at {manifest_uri}: the PCA step wrote none")
+    manifest = json.loads(storage.read_bytes(manifest_uri))
     k = int(manifest["k"])
-    featurized = parquet_rows(storage, lake.features(dt))
-    errors = parquet_rows(storage, lake.errors(dt))
-    reduced, wrong_length, not_finite = reduced_vectors_check(storage, lake.reduced(dt), k)
+    featurized = parquet_rows(storage, lake.features(dt, run))
+    errors = parquet_rows(storage, lake.errors(dt, run))
+    reduced, wrong_length, not_finite = reduced_vectors_check(storage, lake.reduced(dt, run), k)
     error_ratio = errors / images_found if images_found else math.inf
     problems = []
     if featurized + errors != images_found:
@@ -123,13 +140,24 @@ def validate_partition(
     )
 
 
-def publish_partition(storage: LakeStorage, lake: Lake, summary: PartitionSummary) -> str:
-    """Write `_SUCCESS` last: readers take a partition as published only when it exists."""
-    marker = lake.success_marker(date.fromisoformat(summary.partition))
+def publish_partition(
+    storage: LakeStorage, lake: Lake, summary: PartitionSummary, *, run: str
+) -> str:
+    """Move the run's staged outputs into place, then write `_SUCCESS` last: readers take a
+    partition as published only when it exists. The caller holds the day's lease."""
+    dt = date.fromisoformat(summary.partition)
+    marker = lake.success_marker(dt)
+    moves = lake.published_outputs(dt, run)
+    # The manifest names where the jobs wrote; once published, that is the published folders.
+    manifest = json.loads(storage.read_bytes(lake.manifest(dt, run)))
+    for key, value in manifest.items():
+        for staged, published in moves:
+            if isinstance(value, str) and (value == staged or value.startswith(staged + "/")):
+                manifest[key] = published + value[len(staged) :]
+    storage.write_bytes(lake.manifest(dt, run), json.dumps(manifest, indent=2).encode())
+    storage.delete(marker)
+    for staged, published in moves:
+        storage.replace_folder(staged, published)
     storage.write_bytes(marker, json.dumps(asdict(summary), indent=2).encode())
+    storage.delete_folder(lake.staging(dt, run))
     return marker
-
-
-def unpublish_partition(storage: LakeStorage, lake: Lake, dt: date) -> None:
-    """Remove `_SUCCESS` before a (re)run rewrites the partition's outputs."""
-    storage.delete(lake.success_marker(dt))
