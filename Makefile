@@ -14,7 +14,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast lint demo verify bench bench-batch clean
+.PHONY: install test test-fast lint demo verify cross-day bench bench-batch clean
 
 install: $(STAMP)
 
@@ -53,6 +53,13 @@ PHOTOS ?= ../shared/data/fruits360-bench
 verify: $(STAMP)
 	FRUITS_REAL_PHOTOS="$(abspath $(PHOTOS))" FRUITS_PROBE_MIN_ACCURACY=0.97 \
 		$(PY) -m pytest -s -p no:cacheprovider tests/test_real_photos.py
+
+# Real photos split into DAYS days, the DAG run once per day into one lake, then a classifier
+# trained on all days but one and scored on that one (issue R2 2/5). Needs ../shared.
+DAYS ?= 4
+cross-day: $(STAMP)
+	$(PY) -m bench.cross_day --photos "$(abspath $(PHOTOS))" --days $(DAYS) \
+		$(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 bench: $(STAMP)
 	$(PY) -m bench.run

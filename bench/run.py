@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from spark_jobs.basis import new_basis_id
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BENCH_IMAGES = SHARED / "data" / "fruits360-bench"
@@ -304,8 +306,8 @@ def pca_benchmarks(work: Path, env: dict[str, str], sizes: list[int]) -> list[di
                 str(data),
                 "--output",
                 str(out / "reduced"),
-                "--model",
-                str(out / "model"),
+                "--fit-basis",
+                str(out / "models" / "pca" / new_basis_id()),
                 "--report",
                 str(out / "report"),
             ),

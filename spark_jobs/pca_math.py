@@ -20,6 +20,8 @@ import numpy as np
 
 # Cumulative ratios are sums of floats: do not miss a threshold by rounding noise.
 THRESHOLD_TOLERANCE = 1e-12
+# The share of the variance a basis keeps unless a run asks otherwise.
+DEFAULT_VARIANCE = 0.95
 
 
 @dataclass
@@ -165,3 +167,17 @@ def choose_k(model: PcaModel, *, variance: float | None = None, k: int | None = 
 
 def cumulative_explained_variance(model: PcaModel) -> np.ndarray:
     return np.cumsum(model.explained_variance_ratio)
+
+
+def captured_variance(model: PcaModel, moments: Moments) -> float:
+    """The share of the rows' variance, standardized with the model's scale, that the model's k
+    components capture. On the rows it was fit on, that is its explained variance; rows unlike
+    them (a new fruit, another camera) give less."""
+    if moments.n < 2:
+        raise ValueError(f"the captured variance needs at least 2 rows; got {moments.n}")
+    covariance = moments.scatter / (moments.n - 1) / np.outer(model.scale, model.scale)
+    total = float(np.trace(covariance))
+    if total <= 0.0:
+        return 1.0  # no variance at all: nothing is lost
+    kept = float(np.einsum("kd,de,ke->", model.components, covariance, model.components))
+    return kept / total

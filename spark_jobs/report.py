@@ -15,8 +15,11 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def explained_variance_png(cumulative: np.ndarray, k: int, threshold: float | None) -> bytes:
-    """The cumulative explained-variance curve, with the threshold and the chosen k marked."""
+def explained_variance_png(
+    cumulative: np.ndarray, k: int, threshold: float | None, captured: float | None = None
+) -> bytes:
+    """The basis's cumulative explained-variance curve (from its fit), with the threshold and its
+    k marked, and the share of this day's variance its k components capture."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,11 +32,17 @@ def explained_variance_png(cumulative: np.ndarray, k: int, threshold: float | No
     if threshold is not None:
         axes.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
     axes.axvline(k, color="tab:green", linestyle=":", label=f"k = {k}")
-    axes.scatter([k], [cumulative[k - 1]], color="tab:green", zorder=3)
+    axes.scatter([k], [cumulative[k - 1]], color="tab:green", zorder=3, label="basis, at fit")
+    title = f"basis: k = {k} components explain {cumulative[k - 1]:.1%} of the variance at fit"
+    if captured is not None:
+        axes.scatter(
+            [k], [captured], color="tab:orange", marker="D", zorder=4, label="this day"
+        )
+        title += f"\nthis day: {captured:.1%}"
     axes.set_xlabel("number of components")
     axes.set_ylabel("cumulative explained variance")
     axes.set_ylim(0, 1.02)
-    axes.set_title(f"PCA: k = {k} components explain {cumulative[k - 1]:.1%} of the variance")
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     return _png(figure)

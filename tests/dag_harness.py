@@ -252,23 +252,60 @@ def write_pca_outputs(
     vector_length: int | None = None,
     explained_variance: float = 0.95,
     run: str | None = None,
+    basis: str | None = None,
 ) -> None:
-    """`reduced/dt=D/part-0.parquet` (path, label, pca_features of `vector_length`, default k)
-    and `reports/dt=D/manifest.json` saying k and the explained variance; with `run`, in that
-    run's staging folder."""
+    """`reduced/dt=D/part-0.parquet` (path, label, pca_features of `vector_length`, default k,
+    basis) and `reports/dt=D/manifest.json` saying the basis, k and the explained variance;
+    with `run`, in that run's staging folder. `basis` defaults to the lake's current one, which
+    is written (as the PCA step fitting it would) when it is not yet in the lake."""
     import pyarrow as pa
 
+    basis = basis or current_basis_id(storage, lake)
+    if not storage.exists(f"{lake.basis(basis)}/manifest.json"):
+        write_basis(storage, lake, basis, k, days=[dt.isoformat()], rows=len(rows))
     reduced = pa.table(
         {
             "path": pa.array([path for path, _ in rows], pa.string()),
             "label": pa.array([label for _, label in rows], pa.string()),
             "pca_features": _vectors(len(rows), vector_length or k, seed=2),
+            "basis": pa.array([basis] * len(rows), pa.string()),
         }
     )
     storage.write_bytes(f"{lake.reduced(dt, run)}/part-0.parquet", _parquet(reduced))
     storage.write_bytes(f"{lake.reduced(dt, run)}/_SUCCESS", b"")
-    manifest = {"partition": dt.isoformat(), "k": k, "explained_variance": explained_variance}
+    manifest = {
+        "partition": dt.isoformat(),
+        "basis": basis,
+        "k": k,
+        "explained_variance": explained_variance,
+        "explained_variance_at_fit": 0.95,
+    }
     storage.write_bytes(lake.manifest(dt, run), json.dumps(manifest).encode())
+
+
+def write_basis(
+    storage: LakeStorage,
+    lake: Lake,
+    basis: str,
+    k: int,
+    *,
+    days: list[str],
+    rows: int,
+    weights: dict | None = None,
+) -> None:
+    """A basis's manifest as the PCA job writes it (its model is left out: nothing reads it)."""
+    manifest = {"basis": basis, "fit_on": {"days": days, "rows": rows}, "k": k,
+                "explained_variance": 0.95, "weights": weights}  # fmt: skip
+    storage.write_bytes(f"{lake.basis(basis)}/manifest.json", json.dumps(manifest).encode())
+
+
+def current_basis_id(storage: LakeStorage, lake: Lake) -> str:
+    """The basis the lake's current record names (reserved by a run, or complete)."""
+    from fruits_pipeline import basis
+
+    found = basis.current(storage, lake)
+    assert found is not None, "the lake has no current basis"
+    return found[1]["basis"]
 
 
 def lease_holder(storage: LakeStorage, lake: Lake, dt: date) -> str:

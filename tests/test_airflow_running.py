@@ -36,8 +36,9 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from fruits_pipeline import airflow_stack, local_cluster
+from fruits_pipeline import airflow_stack, basis, local_cluster
 from fruits_pipeline.lake import Lake
+from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.samples import make_synthetic_fruits
 from tests.dag_harness import ALL_TASKS, SKIPPED_RUN
 
@@ -289,8 +290,11 @@ def test_a_a_run_triggered_from_the_ui_form_publishes_its_partition(running):
 
     lake = running.lake
     manifest = json.loads(Path(lake.manifest(D_UI)).read_text())
-    assert manifest["variance_threshold"] == 0.8
-    assert manifest["fixed_k"] is None
+    # The lake's first run: it fits the basis, with the variance given in the form.
+    assert manifest["mode"] == "fit"
+    fitted = basis.manifest(LocalLakeStorage(), lake, manifest["basis"])
+    assert (fitted["variance_threshold"], fitted["fixed_k"]) == (0.8, None)
+    assert fitted["fit_on"] == {"days": [D_UI.isoformat()], "rows": IMAGES}
     assert manifest["rows"] == IMAGES
     k = manifest["k"]
     assert 1 <= k < IMAGES
@@ -301,6 +305,7 @@ def test_a_a_run_triggered_from_the_ui_form_publishes_its_partition(running):
         "featurized": IMAGES,
         "errors": 0,
         "reduced": IMAGES,
+        "basis": manifest["basis"],
         "k": k,
         "explained_variance": manifest["explained_variance"],
         "error_ratio": 0.0,
@@ -390,14 +395,18 @@ def test_b_a_backfill_publishes_each_day_and_skips_the_empty_one(running, backfi
             IMAGES,
             IMAGES,
         )
-        assert json.loads(Path(lake.manifest(dt)).read_text())["variance_threshold"] == 0.95
+        # Every day in the lake's one basis, with its k.
+        manifest = json.loads(Path(lake.manifest(dt)).read_text())
+        current = basis.current(LocalLakeStorage(), lake)[1]["basis"]
+        assert (manifest["basis"], marker["basis"]) == (current, current)
+        assert manifest["k"] == basis.manifest(LocalLakeStorage(), lake, current)["k"]
 
     empty = by_day[D2]["dag_run_id"]
     assert running.task_states(empty) == SKIPPED_RUN
     assert f"Partition dt={D2}: 0 images under {lake.raw(D2)}" in running.task_log(
         empty, "check_uploads"
     )
-    for dataset in ("features", "errors", "reduced", "models/pca", "reports"):
+    for dataset in ("features", "errors", "reduced", "reports"):
         assert not (Path(lake.root) / dataset / f"dt={D2}").exists(), dataset
 
     # One cluster per day with uploads, none for the empty day; all terminated.

@@ -21,7 +21,7 @@ import pytest
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 
-from fruits_pipeline import artifacts
+from fruits_pipeline import artifacts, basis, lease
 from fruits_pipeline.emr_config import EmrSettings, job_flow_overrides
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import S3LakeStorage
@@ -85,13 +85,13 @@ class Pipeline:
             )
         self.s3.put_object(Bucket=BUCKET, Key=LAKE.s3_key(f"{LAKE.raw(D)}/notes.txt"), Body=b"x")
 
-    def run(self):
+    def run(self, conf: dict[str, Any] | None = None):
         """One manual run for partition D; a new logical date each time, so a new run."""
         dag = load_dag()
         for task_id in ("watch_featurize", "watch_pca"):
             dag.get_task(task_id).poke_interval = POKE_INTERVAL_S
         logical_date = datetime(2026, 2, 1, next(self.runs), tzinfo=UTC)
-        return dag.test(logical_date=logical_date, run_conf=RUN_CONF)
+        return dag.test(logical_date=logical_date, run_conf=RUN_CONF | (conf or {}))
 
     @property
     def emr_client(self) -> Any:
@@ -281,7 +281,7 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         assert f"{prefix}/{script}" in step["Config"]["Args"]
         assert step["ActionOnFailure"] == "CANCEL_AND_WAIT"
         assert step["Status"]["State"] == "COMPLETED"
-    assert steps[1]["Config"]["Args"][-2:] == ["--k", str(K)]
+    assert steps[1]["Config"]["Args"][-4:-2] == ["--k", str(K)]
     assert pipeline.emr.transitions == [
         (FEATURIZE, "RUNNING"),
         (FEATURIZE, "COMPLETED"),
@@ -297,6 +297,12 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         head = pipeline.s3.head_object(Bucket=BUCKET, Key=LAKE.s3_key(f"{prefix}/{name}"))
         assert head["ServerSideEncryption"] == "AES256"
     # Published: _SUCCESS holds the validated numbers; the notes.txt upload did not count.
+    # The lake had no basis: this run reserved the first one and its PCA step fit it.
+    (generation, record) = basis.current(pipeline.storage, LAKE)
+    assert generation == 1 and record["fit_by"]["token"] == token
+    assert f"--fit-basis {LAKE.basis(record['basis'])} --k {K} --days {D}" in " ".join(
+        steps[1]["Config"]["Args"]
+    )
     marker = json.loads(pipeline.storage.read_bytes(LAKE.success_marker(D)))
     assert marker == {
         "partition": D.isoformat(),
@@ -304,6 +310,7 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         "featurized": 5,
         "errors": 1,
         "reduced": 5,
+        "basis": record["basis"],
         "k": K,
         "explained_variance": 0.9,
         "error_ratio": pytest.approx(1 / 6),
@@ -313,9 +320,66 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         (
             "fruits_reduced_features",
             f"s3://{BUCKET}/lake/reduced",
-            {"partition": D.isoformat(), "uri": LAKE.reduced(D), "rows": 5, "k": K},
+            {"partition": D.isoformat(), "uri": LAKE.reduced(D), "rows": 5,
+             "basis": record["basis"], "k": K},
         )
-    ]
+    ]  # fmt: skip
+
+
+EARLIER_BASIS = "basis-20260101T020000Z-00000001"
+
+
+def lake_with_a_basis(pipeline: Pipeline, weights: dict | None = None) -> None:
+    """A basis fit on an earlier day, current, as a first run would have left it."""
+    from tests.dag_harness import write_basis
+
+    write_basis(pipeline.storage, LAKE, EARLIER_BASIS, K, days=["2026-01-01"], rows=40,
+                weights=weights)  # fmt: skip
+    record = {"basis": EARLIER_BASIS, "made_at": "2026-01-02T02:00:00+00:00", "fit_by": None}
+    assert pipeline.storage.create_exclusive(
+        f"{LAKE.current_basis()}/0000000001.json", json.dumps(record).encode()
+    )
+
+
+def test_a_later_day_applies_the_current_basis(pipeline):
+    lake_with_a_basis(pipeline)
+    pipeline.put_uploads(UPLOADS)
+    pipeline.emr.jobs = {"featurize": featurize_job(pipeline), "pca": pca_job(pipeline)}
+
+    run = pipeline.run()
+
+    assert run.state == "success"
+    (cluster_id,) = pipeline.cluster_ids()
+    pca_args = pipeline.steps(cluster_id)[1]["Config"]["Args"]
+    assert pca_args[-4:] == ["--apply-basis", LAKE.basis(EARLIER_BASIS), "--wait-s", "3600"]
+    assert "--k" not in pca_args and "--variance" not in pca_args
+    assert basis.current(pipeline.storage, LAKE)[0] == 1  # no new basis
+    marker = json.loads(pipeline.storage.read_bytes(LAKE.success_marker(D)))
+    assert (marker["basis"], marker["k"]) == (EARLIER_BASIS, K)
+
+
+def test_a_run_with_other_weights_than_the_basis_is_refused_before_any_cluster(
+    pipeline, tmp_path, capfd
+):
+    lake_with_a_basis(pipeline, weights={"source": "/models/a.weights.h5", "sha256": "a" * 64})
+    pipeline.put_uploads(UPLOADS)
+    other = tmp_path / "b.weights.h5"
+    other.write_bytes(b"other weights")
+
+    run = pipeline.run({"weights": str(other)})
+
+    assert run.state == "failed"
+    states = task_states(run)
+    assert (states["check_uploads"], states["prepare_run"]) == ("success", "failed")
+    out, err = capfd.readouterr()
+    assert (
+        f"these features were made with {other} (sha256 " in out + err
+        and f"but basis {EARLIER_BASIS} assumes /models/a.weights.h5 (sha256 aaaaaaaaaaaa…)"
+        in out + err
+    ), (out + err)[-3000:]
+    assert pipeline.run_job_flow_calls == []
+    # The day's lease was given back by prepare_run itself: a corrected run may go at once.
+    assert lease.current(pipeline.storage, LAKE, D)[1] is True
 
 
 def test_failed_featurize_step_fails_the_run_cancels_pca_and_terminates(pipeline, capfd):

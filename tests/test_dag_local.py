@@ -56,7 +56,7 @@ BROKEN = {
     "Banana/decompression_bomb.png": "decompression bomb",
 }
 # Every dataset of a date partition, inputs included.
-DATASETS = ("raw", "features", "errors", "reduced", "models/pca", "reports")
+DATASETS = ("raw", "features", "errors", "reduced", "reports")
 PART = re.compile(r"part-\d+-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 OUTPUTS = ("features", "errors", "reduced", "models", "reports")
 
@@ -231,11 +231,15 @@ def test_a_folder_of_fruits_is_published(env, published):
         "featurized": 12,
         "errors": 0,
         "reduced": 12,
+        "basis": manifest["basis"],
         "k": k,
         "explained_variance": manifest["explained_variance"],
         "error_ratio": 0.0,
     }
+    assert manifest["mode"] == "fit"  # the first day of an empty lake fits its basis
+    assert set(reduced["basis"]) == {manifest["basis"]}
     assert f"result:   PUBLISHED dt={D1} in " in run.summary
+    assert f"basis:    {manifest['basis']} (fit by this run; fit on dt={D1}" in run.summary
     assert f"featurized 12, errors 0 (see {lake.errors(D1)}), k = {k}, " in run.summary
     assert "raw:      12 files under" in run.summary
 
@@ -300,8 +304,7 @@ def test_d_another_date_leaves_the_published_one_byte_identical(env, rejected):
     # b ran both jobs: it staged every dataset of D2 as a's run published D1's, but _SUCCESS.
     run_token = staged_run(env.lake, D2)
     published = [(env.lake.features, "features"), (env.lake.errors, "errors"),
-                 (env.lake.reduced, "reduced"), (env.lake.pca_model, "models/pca"),
-                 (env.lake.report, "reports")]  # fmt: skip
+                 (env.lake.reduced, "reduced"), (env.lake.report, "reports")]  # fmt: skip
     layout = {
         D1: {name: file_kinds(Path(path(D1))) for path, name in published},
         D2: {name: file_kinds(Path(path(D2, run_token))) for path, name in published},

@@ -8,6 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.emr_config import (
     EU_REGIONS,
     EmrSettings,
@@ -26,6 +27,7 @@ LAKE = Lake("s3://fruits-lake/prod")
 PREFIX = LAKE.artifacts("0123456789abcdef")
 RUN_ID = "scheduled__2026-01-03T00:00:00+00:00"
 TOKEN = "20260103T020000Z-0123abcd"
+FIT = BasisPlan("basis-20260103T020000Z-0123abcd", fit=True, generation=1)
 
 
 def overrides(settings: EmrSettings | None = None) -> dict:
@@ -233,11 +235,12 @@ def test_emr_needs_an_s3_lake_holding_the_artifacts(lake, prefix, message):
             token=TOKEN,
         )
     with pytest.raises(ValueError, match=message):
-        emr_steps(lake, D, prefix, RunParams(partition_date=D), TOKEN)
+        emr_steps(lake, D, prefix, RunParams(partition_date=D), TOKEN, FIT)
 
 
 def test_steps_run_the_staged_jobs_in_cluster_mode():
-    featurize, pca = emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D, variance=0.9), TOKEN)
+    params = RunParams(partition_date=D, variance=0.9)
+    featurize, pca = emr_steps(LAKE, D, PREFIX, params, TOKEN, FIT)
     submit = ["spark-submit", "--deploy-mode", "cluster", "--py-files", f"{PREFIX}/spark_jobs.zip"]
     assert featurize == {
         "Name": "featurize dt=2026-01-02",
@@ -256,22 +259,26 @@ def test_steps_run_the_staged_jobs_in_cluster_mode():
         "ActionOnFailure": "CANCEL_AND_WAIT",
         "HadoopJarStep": {
             "Jar": "command-runner.jar",
-            "Args": [*submit, f"{PREFIX}/pca.py", *pca_args(LAKE, D, TOKEN, variance=0.9)],
+            "Args": [
+                *submit,
+                f"{PREFIX}/pca.py",
+                *pca_args(LAKE, D, TOKEN, basis=FIT.basis, fit=True, variance=0.9),
+            ],
         },
     }
 
 
 def test_steps_use_k_and_staged_local_weights():
     params = RunParams(partition_date=D, variance=None, k=64, weights="/opt/w/mobilenet.h5")
-    featurize, pca = emr_steps(LAKE, D, PREFIX, params, TOKEN)
+    featurize, pca = emr_steps(LAKE, D, PREFIX, params, TOKEN, FIT)
     featurize_job = featurize["HadoopJarStep"]["Args"][6:]
     assert featurize_job == featurize_args(LAKE, D, f"{PREFIX}/weights/mobilenet.h5", TOKEN)
-    assert pca["HadoopJarStep"]["Args"][-2:] == ["--k", "64"]
+    assert pca["HadoopJarStep"]["Args"][-4:-2] == ["--k", "64"]
 
 
 def test_steps_pass_lake_weights_through():
     params = RunParams(partition_date=D, weights="s3://fruits-lake/prod/models/w.h5")
-    featurize, _ = emr_steps(LAKE, D, PREFIX, params, TOKEN)
+    featurize, _ = emr_steps(LAKE, D, PREFIX, params, TOKEN, FIT)
     args = featurize["HadoopJarStep"]["Args"]
     assert args[args.index("--weights") + 1] == "s3://fruits-lake/prod/models/w.h5"
     assert args[args.index("--model-cache") + 1] == "s3://fruits-lake/prod/models/tflite"
@@ -282,7 +289,8 @@ def test_emr_api_accepts_the_cluster_and_steps(aws):
     emr = boto3.client("emr", region_name=EmrSettings().region)
     cluster_id = emr.run_job_flow(**overrides())["JobFlowId"]
     step_ids = emr.add_job_flow_steps(
-        JobFlowId=cluster_id, Steps=emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D), TOKEN)
+        JobFlowId=cluster_id,
+        Steps=emr_steps(LAKE, D, PREFIX, RunParams(partition_date=D), TOKEN, FIT),
     )["StepIds"]
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["Name"] == "dt=2026-01-02 fruits_features"
@@ -388,9 +396,10 @@ def test_nodes_reach_exactly_what_the_jobs_use(lake):
     for uri in (f"{lake.raw(D)}/a.jpg", f"{prefix}/pca.py", staged_features):
         assert allows(nodes, "s3:GetObject", uri), uri
     # The steps write their run's staging folder and the model cache, nothing published.
-    written = [lake.features, lake.errors, lake.reduced, lake.pca_model]
+    written = [lake.features, lake.errors, lake.reduced]
     staged = [f"{path(D, TOKEN)}/part-0.parquet" for path in written]
-    for uri in [*staged, lake.manifest(D, TOKEN), f"{lake.model_cache()}/m.tflite"]:
+    basis = f"{lake.basis(FIT.basis)}/pca_model.json"
+    for uri in [*staged, lake.manifest(D, TOKEN), f"{lake.model_cache()}/m.tflite", basis]:
         assert allows(nodes, "s3:PutObject", uri), uri
         assert allows(nodes, "s3:DeleteObject", uri), uri
     assert allows(nodes, "s3:PutObject", f"{lake.emr_logs()}j-1/node.log")
@@ -407,7 +416,8 @@ def test_airflow_reads_the_lake_and_writes_artifacts_leases_and_publications_onl
     assert allows(airflow, "s3:PutObject", LAKE.success_marker(D))
     assert allows(airflow, "s3:PutObject", f"{PREFIX}/spark_jobs.zip")
     assert allows(airflow, "s3:PutObject", f"{LAKE.lease(D)}/0000000001.json")
-    for path in (LAKE.features, LAKE.errors, LAKE.reduced, LAKE.pca_model):
+    assert allows(airflow, "s3:PutObject", f"{LAKE.current_basis()}/0000000001.json")
+    for path in (LAKE.features, LAKE.errors, LAKE.reduced):
         assert allows(airflow, "s3:PutObject", f"{path(D)}/part-0.parquet")
         assert allows(airflow, "s3:DeleteObject", f"{path(D, TOKEN)}/part-0.parquet")
     assert not allows(airflow, "s3:PutObject", f"{LAKE.raw(D)}/a.jpg")

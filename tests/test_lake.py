@@ -13,7 +13,10 @@ def test_s3_lake_paths():
     assert lake.features(D) == "s3://fruits-lake/prod/features/dt=2026-01-02"
     assert lake.errors(D) == "s3://fruits-lake/prod/errors/dt=2026-01-02"
     assert lake.reduced(D) == "s3://fruits-lake/prod/reduced/dt=2026-01-02"
-    assert lake.pca_model(D) == "s3://fruits-lake/prod/models/pca/dt=2026-01-02"
+    assert lake.basis("basis-20260102T020000Z-0123abcd") == (
+        "s3://fruits-lake/prod/models/pca/basis-20260102T020000Z-0123abcd"
+    )
+    assert lake.current_basis() == "s3://fruits-lake/prod/models/current-basis"
     assert lake.report(D) == "s3://fruits-lake/prod/reports/dt=2026-01-02"
     assert lake.manifest(D) == "s3://fruits-lake/prod/reports/dt=2026-01-02/manifest.json"
     assert lake.success_marker(D) == "s3://fruits-lake/prod/reports/dt=2026-01-02/_SUCCESS"
@@ -24,7 +27,12 @@ def test_s3_lake_paths():
 def test_local_lake_paths():
     lake = Lake("/srv/lake")
     assert lake.raw(D) == "/srv/lake/raw/dt=2026-01-02"
-    assert lake.pca_model(D) == "/srv/lake/models/pca/dt=2026-01-02"
+    assert lake.basis("basis-20260102T020000Z-0123abcd") == (
+        "/srv/lake/models/pca/basis-20260102T020000Z-0123abcd"
+    )
+    for bad in ("../x", "dt=2026-01-02", "basis-x"):
+        with pytest.raises(ValueError, match="not a basis id"):
+            lake.basis(bad)
     assert lake.success_marker(D) == "/srv/lake/reports/dt=2026-01-02/_SUCCESS"
     assert not lake.is_s3
 

@@ -160,9 +160,9 @@ def test_publish_moves_the_staged_outputs_into_place_and_names_them(lake_and_sto
     storage.write_bytes(lake.success_marker(D), b"{}")
     for staged, _ in lake.published_outputs(D, A):
         storage.write_bytes(f"{staged}/part-0.parquet", staged.encode())
-    manifest = {"k": 3, "output": lake.reduced(D, A), "model": f"{lake.pca_model(D, A)}/m.json"}
+    manifest = {"k": 3, "output": lake.reduced(D, A), "report": f"{lake.report(D, A)}/x.png"}
     storage.write_bytes(lake.manifest(D, A), json.dumps(manifest).encode())
-    summary = validation.PartitionSummary(D.isoformat(), 4, 4, 0, 4, 3, 0.9, 0.0)
+    summary = validation.PartitionSummary(D.isoformat(), 4, 4, 0, 4, "basis-x", 3, 0.9, 0.0)
     marker = validation.publish_partition(storage, lake, summary, run=A)
     assert marker == lake.success_marker(D)
     assert json.loads(storage.read_bytes(marker))["reduced"] == 4
@@ -172,7 +172,7 @@ def test_publish_moves_the_staged_outputs_into_place_and_names_them(lake_and_sto
     assert "part-old.parquet" not in storage.list_files(lake.reduced(D))
     published_manifest = json.loads(storage.read_bytes(lake.manifest(D)))
     assert published_manifest["output"] == lake.reduced(D)
-    assert published_manifest["model"] == f"{lake.pca_model(D)}/m.json"
+    assert published_manifest["report"] == f"{lake.report(D)}/x.png"
     assert storage.list_files(lake.staging(D)) == []
 
 

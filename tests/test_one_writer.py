@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 D = date(2026, 4, 1)
 IMAGES = 12
-PUBLISHED = ("features", "errors", "reduced", "models/pca", "reports")
+PUBLISHED = ("features", "errors", "reduced", "reports")
 GRACE_S = 15
 
 

@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from spark_jobs.pca_math import (
     Moments,
     PcaModel,
+    captured_variance,
     choose_k,
     cumulative_explained_variance,
     fit,
@@ -308,6 +309,47 @@ def test_two_rows_give_one_component():
     model = fit(Moments.of(np.array([[0.0, 1.0, 5.0], [2.0, 3.0, 5.0]])))
     assert (model.k, model.eigenvalues.tolist()) == (1, [pytest.approx(4.0)])
     assert model.components.tolist() == [pytest.approx([np.sqrt(0.5), np.sqrt(0.5), 0.0])]
+
+
+# The share of other rows' variance a basis captures.
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 10, 40, 42])
+def test_captured_variance_on_the_fit_rows_is_the_explained_variance(data, model, k):
+    reduced = model.with_k(k)
+    captured = captured_variance(reduced, Moments.of(data))
+    assert captured == pytest.approx(cumulative_explained_variance(reduced)[k - 1], rel=1e-9)
+    # The same from the rows themselves: the variance of the projections over the total.
+    standardized = (data - model.mean) / model.scale
+    projected = standardized @ reduced.components.T
+    assert captured == pytest.approx(projected.var(axis=0).sum() / standardized.var(axis=0).sum(),
+                                     rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 10])
+def test_captured_variance_is_lower_on_rows_of_another_distribution(data, model, k):
+    other = _with_constant_columns(_latent_factor_data(300, 40, seed=3))
+    reduced = model.with_k(k)
+    on_fit = captured_variance(reduced, Moments.of(data))
+    on_other = captured_variance(reduced, Moments.of(other))
+    assert 0.0 <= on_other < on_fit - 0.3
+
+
+def test_captured_variance_of_all_components_is_everything(data, model):
+    other = _with_constant_columns(_latent_factor_data(300, 40, seed=3))
+    # 40 informative components and the 2 spanning the constant columns: the whole space.
+    assert captured_variance(model, Moments.of(other)) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_captured_variance_of_rows_without_variance_is_one(model):
+    assert captured_variance(model.with_k(2), Moments.of(np.full((5, 42), 2.0))) == 1.0
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_captured_variance_needs_two_rows(model, n):
+    moments = Moments.of(np.ones((1, 42))) if n else _empty(42)
+    with pytest.raises(ValueError, match=f"needs at least 2 rows; got {n}$"):
+        captured_variance(model, moments)
 
 
 # Serialization.

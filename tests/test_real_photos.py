@@ -8,6 +8,7 @@ reaches about 0.94). `make verify [PHOTOS=folder]` runs it on other real photos,
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs import featurize, pca
+from spark_jobs import basis, featurize, pca
 from spark_jobs.images import load_model_input
 from tests.conftest import SHARED_SAMPLE, SHARED_WEIGHTS, require_shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
+BASIS = "basis-20260102T020000Z-0123abcd"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,12 @@ def outputs(spark, photos, tmp_path_factory):
         "--input", str(photos), "--output", str(out / "features"), "--errors",
         str(out / "errors"), "--weights", str(SHARED_WEIGHTS),
     ]))
+    folder = out / "models" / "pca" / BASIS
     manifest = pca.run(spark, pca.parse_args([
-        "--input", str(out / "features"), "--output", str(out / "reduced"), "--model",
-        str(out / "model"), "--report", str(out / "report"), "--variance", "0.95",
+        "--input", str(out / "features"), "--output", str(out / "reduced"), "--fit-basis",
+        str(folder), "--report", str(out / "report"), "--variance", "0.95",
     ]))
+    manifest["model"] = json.loads((folder / basis.MODEL_FILE).read_text())
     features = pq.read_table(out / "features").to_pandas().sort_values("path", ignore_index=True)
     reduced = pq.read_table(out / "reduced").to_pandas().sort_values("path", ignore_index=True)
     return features, reduced, manifest
@@ -86,8 +90,15 @@ def test_k_and_explained_variance_equal_numpy(outputs):
           f"(numpy: k={k}, {cumulative[k - 1]:.6f})")
     assert manifest["k"] == k
     np.testing.assert_allclose(manifest["explained_variance"], cumulative[k - 1], rtol=1e-6)
-    np.testing.assert_allclose(manifest["explained_variance_ratio"], ratio[:k], rtol=1e-6)
+    np.testing.assert_allclose(manifest["explained_variance_at_fit"], cumulative[k - 1],
+                               rtol=1e-6)
+    eigenvalues = np.asarray(manifest["model"]["eigenvalues"])
+    np.testing.assert_allclose((eigenvalues / eigenvalues.sum())[:k], ratio[:k], rtol=1e-6)
     assert {len(v) for v in reduced["pca_features"]} == {k}
+    assert set(reduced["basis"]) == {BASIS} and manifest["basis"] == BASIS
+    # The basis records the real weights it was fit with, as featurize recorded them.
+    assert manifest["weights"]["source"].endswith(SHARED_WEIGHTS.name)
+    assert manifest["weights"]["sha256"]
 
 
 def test_linear_probe_recognises_held_out_photos(outputs):

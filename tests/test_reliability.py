@@ -40,6 +40,7 @@ from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.params import validate_params
 from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
+from spark_jobs.basis import new_basis_id
 from tests import dag_harness
 from tests.dag_harness import (
     ALL_TASKS,
@@ -107,7 +108,7 @@ def test_params_refuse_what_test_params_did_not_try(raw, message):
 # --- two partitions at once: the real jobs ---------------------------------------------------
 
 D_EARLIER, D_A, D_B = date(2026, 6, 1), date(2026, 6, 2), date(2026, 6, 3)
-DATASETS = ("raw", "features", "errors", "reduced", "models/pca", "reports")
+DATASETS = ("raw", "features", "errors", "reduced", "reports")
 # Every file of the bad-input corpus and exactly what the featurize job makes of it.
 CORPUS_OUTCOMES = {
     "Apple Braeburn/zero_bytes.jpg": ("error", "empty"),
@@ -177,7 +178,9 @@ def process_partition(spark, lake: Lake, dt: date, start: threading.Barrier | No
         spark, featurize.parse_args(steps.featurize_args(lake, dt, "random", run))
     )
     ended = time.monotonic()
-    reduced = pca.run(spark, pca.parse_args(steps.pca_args(lake, dt, run, variance=0.95)))
+    # Each date bootstraps a basis of its own here: these tests are about one day's rows.
+    fit = steps.pca_args(lake, dt, run, basis=new_basis_id(), fit=True, variance=0.95)
+    reduced = pca.run(spark, pca.parse_args(fit))
     return Processed(
         featurize=featurized,
         pca=reduced,
@@ -307,7 +310,9 @@ def test_pca_rerun_replaces_its_outputs(spark, two_partitions):
     reduced_folder = Path(lake.reduced(D_B, first.run))
     parts_before = sorted(p.name for p in reduced_folder.glob("*.parquet"))
 
-    again = pca.run(spark, pca.parse_args(steps.pca_args(lake, D_B, first.run, variance=0.95)))
+    # The rerun applies the basis the first run fitted, as a later run of the day would.
+    apply = steps.pca_args(lake, D_B, first.run, basis=first.pca["basis"], fit=False)
+    again = pca.run(spark, pca.parse_args(apply))
 
     reduced = pq.read_table(reduced_folder).to_pandas()
     assert reduced["path"].is_unique and len(reduced) == len(first.reduced)

@@ -113,7 +113,7 @@ def test_failed_pca_step_fails_the_run_terminates_and_keeps_the_earlier_publicat
         )
     }
     (cluster_id,) = pipeline.cluster_ids()
-    assert pipeline.steps(cluster_id)[1]["Config"]["Args"][-2:] == ["--k", "5"]
+    assert pipeline.steps(cluster_id)[1]["Config"]["Args"][-4:-2] == ["--k", "5"]
     cluster = pipeline.emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["Status"]["State"] == "TERMINATED"
     assert active_clusters(pipeline) == []

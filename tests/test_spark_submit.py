@@ -17,6 +17,7 @@ from fruits_pipeline.samples import make_synthetic_fruits
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+BASIS = "basis-20260102T020000Z-0123abcd"
 
 
 def spark_submit(zip_path: Path, script: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -46,10 +47,16 @@ def test_featurize_then_pca_with_spark_submit(tmp_path):
     assert json.loads(featurized.stdout.strip().splitlines()[-1]) == {
         "images_found": 9, "featurized": 9, "errors": 0,
     }
+    basis = tmp_path / "models" / "pca" / BASIS
     reduced = spark_submit(zip_path, "pca.py", [
         "--input", str(tmp_path / "features"), "--output", str(tmp_path / "reduced"),
-        "--model", str(tmp_path / "model"), "--report", str(tmp_path / "report"), "--k", "3",
+        "--fit-basis", str(basis), "--report", str(tmp_path / "report"), "--k", "3",
+        "--days", "2026-01-02",
     ])
     assert reduced.returncode == 0, reduced.stderr[-3000:]
+    summary = json.loads(reduced.stdout.strip().splitlines()[-1])
+    assert (summary["basis"], summary["k"], summary["rows"]) == (BASIS, 3, 9)
     table = pq.read_table(tmp_path / "reduced").to_pandas()
     assert len(table) == 9 and {len(v) for v in table["pca_features"]} == {3}
+    assert set(table["basis"]) == {BASIS}
+    assert {"pca_model.json", "manifest.json"} <= {p.name for p in basis.iterdir()}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fruits_pipeline import artifacts, steps
+from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
 
@@ -29,7 +30,14 @@ class LocalBackend:
         self.settings = settings
 
     def plan(
-        self, dt: date, params: RunParams, *, dag_id: str, run_id: str, token: str
+        self,
+        dt: date,
+        params: RunParams,
+        *,
+        dag_id: str,
+        run_id: str,
+        token: str,
+        basis: BasisPlan,
     ) -> dict[str, Any]:
         """Stage the jobs in a content-addressed local folder; steps are plain spark-submits."""
         files = artifacts.artifact_files(REPO_ROOT, None)
@@ -51,7 +59,14 @@ class LocalBackend:
             "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
         }
         jobs = steps.run_jobs(
-            lake, dt, token, weights=params.weights, variance=params.variance, k=params.k
+            lake,
+            dt,
+            token,
+            weights=params.weights,
+            basis=basis.basis,
+            fit=basis.fit,
+            variance=params.variance,
+            k=params.k,
         )
         return {
             "job_flow_overrides": {
@@ -124,7 +139,14 @@ class EmrBackend:
         self.emr = EmrSettings.from_env(env)
 
     def plan(
-        self, dt: date, params: RunParams, *, dag_id: str, run_id: str, token: str
+        self,
+        dt: date,
+        params: RunParams,
+        *,
+        dag_id: str,
+        run_id: str,
+        token: str,
+        basis: BasisPlan,
     ) -> dict[str, Any]:
         """Stage code, bootstrap and local weights to S3; the cluster spec and steps use them."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -148,7 +170,7 @@ class EmrBackend:
                 partition=dt,
                 token=token,
             ),
-            "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, token),
+            "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, token, basis),
         }
 
     def _aws(self) -> dict[str, Any]:

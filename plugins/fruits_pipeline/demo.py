@@ -441,6 +441,19 @@ def timings_line(durations: dict[str, float]) -> str:
     return "timings:  " + ", ".join(shown) if shown else ""
 
 
+def basis_line(manifest: dict) -> str:
+    """Which basis reduced the day and how well it fits it."""
+    fit_on = manifest.get("basis_fit_on") or {}
+    days = fit_on.get("days") or []
+    where = f"dt={days[0]}" if len(days) == 1 else f"{len(days)} days" if days else "?"
+    how = "fit by this run" if manifest.get("mode") == "fit" else "applied"
+    return (
+        f"basis:    {manifest.get('basis')} ({how}; fit on {where}, {fit_on.get('rows')} rows, "
+        f"k={manifest.get('k')}), captures {manifest['explained_variance']:.1%} of this day's "
+        f"variance ({manifest['explained_variance_at_fit']:.1%} at fit)"
+    )
+
+
 def summary(lake: Lake, dt: date, weights: str, images: str, seconds: float, code: int) -> str:
     lines = [f"images:   {images}", f"weights:  {weights}", f"lake:     {lake.root}"]
     raw_count = 0
@@ -460,6 +473,7 @@ def summary(lake: Lake, dt: date, weights: str, images: str, seconds: float, cod
             f"featurized {published['featurized']}, errors {published['errors']} "
             f"(see {lake.errors(dt)}), k = {published['k']}, explained variance "
             f"{published['explained_variance']:.4f}",
+            basis_line(json.loads(Path(lake.manifest(dt)).read_text())),
             f"reduced:  {lake.reduced(dt)}",
             f"report:   {lake.report(dt)}/explained_variance.png, pca_scatter.png, manifest.json",
         ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import date
 
 from fruits_pipeline.artifacts import BOOTSTRAP_SCRIPT, JOBS_ZIP, weights_artifact_name
+from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.steps import emr_step, run_jobs, spark_submit_args
@@ -221,14 +222,23 @@ def cluster_name_prefix(partition: date) -> str:
 
 
 def emr_steps(
-    lake: Lake, dt: date, artifacts_prefix: str, params: RunParams, token: str
+    lake: Lake, dt: date, artifacts_prefix: str, params: RunParams, token: str, basis: BasisPlan
 ) -> list[dict]:
     """The featurize then PCA steps, running the code staged under ``artifacts_prefix``."""
     _check_emr_locations(lake, artifacts_prefix)
     weights_name = weights_artifact_name(params.weights)
     weights = f"{artifacts_prefix}/{weights_name}" if weights_name else params.weights
     py_files = f"{artifacts_prefix}/{JOBS_ZIP}"
-    jobs = run_jobs(lake, dt, token, weights=weights, variance=params.variance, k=params.k)
+    jobs = run_jobs(
+        lake,
+        dt,
+        token,
+        weights=weights,
+        basis=basis.basis,
+        fit=basis.fit,
+        variance=params.variance,
+        k=params.k,
+    )
     return [
         emr_step(
             f"{job} dt={dt.isoformat()}",

@@ -10,12 +10,16 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from spark_jobs.basis import checked_basis_id
+
 S3_SCHEMES = ("s3://", "s3a://")
 # AWS bucket naming rules: 3-63 characters, lower-case letters, digits, dots and hyphens.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _DIGEST = re.compile(r"[0-9a-f]+")
 # A run's token: a path segment of its own under staging/ (made by `lease.new_run_token`).
 _RUN_TOKEN = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+# What downstream reads, all days as one table: `table(name)`.
+PUBLISHED_TABLES = ("features", "errors", "reduced")
 
 
 def _split(location: str) -> tuple[str, tuple[str, ...]]:
@@ -89,6 +93,12 @@ class Lake:
     def raw(self, dt: date) -> str:
         return self._partition("raw", dt)
 
+    def table(self, dataset: str) -> str:
+        """Every published day of a dataset as one table (hive partitions ``dt=YYYY-MM-DD``)."""
+        if dataset not in PUBLISHED_TABLES:
+            raise ValueError(f"not a published table: {dataset!r} (one of {PUBLISHED_TABLES})")
+        return f"{self.root}/{dataset}"
+
     # The outputs of a day. With `run`, the run's private staging copy: its steps write there,
     # and only the holder of the day's lease moves it into place (see `published_outputs`).
     def features(self, dt: date, run: str | None = None) -> str:
@@ -100,9 +110,6 @@ class Lake:
     def reduced(self, dt: date, run: str | None = None) -> str:
         return self._partition("reduced", dt, run)
 
-    def pca_model(self, dt: date, run: str | None = None) -> str:
-        return self._partition("models/pca", dt, run)
-
     def report(self, dt: date, run: str | None = None) -> str:
         return self._partition("reports", dt, run)
 
@@ -113,13 +120,24 @@ class Lake:
         """(staged folder, published folder) of every output a run publishes, in order."""
         return [
             (dataset(dt, run), dataset(dt))
-            for dataset in (self.features, self.errors, self.reduced, self.pca_model, self.report)
+            for dataset in (self.features, self.errors, self.reduced, self.report)
         ]
 
     def staging(self, dt: date, run: str | None = None) -> str:
         """Where the runs of a day stage their outputs; with `run`, that run's folder."""
         folder = self._partition("staging", dt)
         return f"{folder}/{self._checked_run(run)}" if run is not None else folder
+
+    def basis(self, basis_id: str) -> str:
+        """Folder of one PCA basis (model and manifest); written once, never changed."""
+        return f"{self.root}/models/pca/{checked_basis_id(basis_id)}"
+
+    def bases(self) -> str:
+        return f"{self.root}/models/pca"
+
+    def current_basis(self) -> str:
+        """Folder of the records naming the current basis, one generation each."""
+        return f"{self.root}/models/current-basis"
 
     def lease(self, dt: date) -> str:
         """Folder of the day's lease records: one writer per day (see lease.py)."""
@@ -148,7 +166,7 @@ class Lake:
             raise TypeError(f"partition must be a datetime.date, got {dt!r}")
         if run is not None:
             return f"{self.staging(dt, run)}/{dataset}"
-        return f"{self.root}/{dataset}/dt={dt.isoformat()}"
+        return f"{self.root}/{dataset}/dt={dt.isoformat()}"  # table(dataset)'s partition
 
     @staticmethod
     def _checked_run(run: str) -> str:

@@ -14,8 +14,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from fruits_pipeline.lake import S3_SCHEMES, Lake
+from spark_jobs.pca_math import DEFAULT_VARIANCE
 
-DEFAULT_VARIANCE = 0.95
 DEFAULT_MAX_ERROR_RATIO = 0.05
 DEFAULT_WEIGHTS = "imagenet"
 MAX_K = 1280  # MobileNetV2 feature vectors have 1280 components
@@ -117,7 +117,11 @@ def dag_params(default_weights: str = DEFAULT_WEIGHTS) -> dict:
             exclusiveMinimum=0,
             maximum=1,
             title="Explained variance",
-            description="Keep the fewest PCA components explaining this share of the variance.",
+            description=(
+                "Only when this run fits the lake's basis (the lake has none yet): keep the "
+                "fewest components explaining this share. Once the lake has a basis, every run "
+                "applies it and ignores this; refit the basis to change it."
+            ),
         ),
         "k": Param(
             None,
@@ -125,7 +129,10 @@ def dag_params(default_weights: str = DEFAULT_WEIGHTS) -> dict:
             minimum=1,
             maximum=MAX_K,
             title="Number of components",
-            description="Fixed number of PCA components; when set, it overrides the variance.",
+            description=(
+                "Only when this run fits the lake's basis: a fixed number of components, "
+                "overriding the variance. Ignored once the lake has a basis."
+            ),
         ),
         "max_error_ratio": Param(
             DEFAULT_MAX_ERROR_RATIO,

@@ -9,6 +9,8 @@ from fruits_pipeline.lake import Lake
 
 FEATURIZE_SCRIPT = "featurize.py"
 PCA_SCRIPT = "pca.py"
+# How long a PCA step waits for a basis that another run is still fitting: that run's length.
+BASIS_WAIT_S = 3600
 
 
 def featurize_args(lake: Lake, dt: date, weights: str, run: str) -> list[str]:
@@ -24,29 +26,50 @@ def featurize_args(lake: Lake, dt: date, weights: str, run: str) -> list[str]:
 
 
 def pca_args(
-    lake: Lake, dt: date, run: str, *, variance: float | None = None, k: int | None = None
+    lake: Lake,
+    dt: date,
+    run: str,
+    *,
+    basis: str,
+    fit: bool,
+    variance: float | None = None,
+    k: int | None = None,
 ) -> list[str]:
-    """Arguments of ``spark_jobs/pca.py`` on the run's staging folder; exactly one of
-    ``variance`` and ``k`` sizes the PCA."""
-    if (variance is None) == (k is None):
-        raise ValueError(f"give exactly one of variance or k, got variance={variance!r}, k={k!r}")
-    size = ["--variance", str(variance)] if k is None else ["--k", str(k)]
+    """Arguments of ``spark_jobs/pca.py`` on the run's staging folder: fit the basis `basis`
+    on the day (exactly one of ``variance`` and ``k`` sizes it), or apply it."""
+    if fit:
+        if (variance is None) == (k is None):
+            raise ValueError(
+                f"give exactly one of variance or k, got variance={variance!r}, k={k!r}"
+            )
+        size = ["--variance", str(variance)] if k is None else ["--k", str(k)]
+        chosen = ["--fit-basis", lake.basis(basis), *size, "--days", dt.isoformat()]
+    else:
+        # Another run may still be fitting it (two first days at once): wait for it.
+        chosen = ["--apply-basis", lake.basis(basis), "--wait-s", str(BASIS_WAIT_S)]
     return [
         "--input", lake.features(dt, run),
         "--output", lake.reduced(dt, run),
-        "--model", lake.pca_model(dt, run),
         "--report", lake.report(dt, run),
-        *size,
+        *chosen,
     ]  # fmt: skip
 
 
 def run_jobs(
-    lake: Lake, dt: date, run: str, *, weights: str, variance: float | None, k: int | None
+    lake: Lake,
+    dt: date,
+    run: str,
+    *,
+    weights: str,
+    basis: str,
+    fit: bool,
+    variance: float | None,
+    k: int | None,
 ) -> list[tuple[str, str, list[str]]]:
     """The jobs of one run, in order, for both backends: (name, entry script, arguments)."""
     return [
         ("featurize", FEATURIZE_SCRIPT, featurize_args(lake, dt, weights, run)),
-        ("pca", PCA_SCRIPT, pca_args(lake, dt, run, variance=variance, k=k)),
+        ("pca", PCA_SCRIPT, pca_args(lake, dt, run, basis=basis, fit=fit, variance=variance, k=k)),
     ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
-from fruits_pipeline import lease, validation
+from fruits_pipeline import basis, lease, validation
 from fruits_pipeline.lake_io import lake_storage
 from fruits_pipeline.params import RunParams, partition_date_from_context, validate_params
 from fruits_pipeline.settings import PipelineSettings
@@ -98,14 +98,25 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
     try:
         # What earlier runs staged and never published: theirs were killed or failed.
         storage.delete_folder(settings.lake.staging(dt))
+        params = _run_params(run)
+        chosen = basis.plan_for_run(
+            storage, settings.lake, dt, token=token, run_id=context["run_id"],
+            holder_alive=backend.run_alive,
+        )  # fmt: skip
+        if not chosen.fit:
+            basis.check_run_weights(storage, settings.lake, chosen.basis, params.weights)
+        print(
+            f"This run {'fits' if chosen.fit else 'applies'} basis {chosen.basis}"
+            + ("" if chosen.fit else ": the form's variance and k are not used")
+        )
         plan = backend.plan(
-            dt, _run_params(run), dag_id=context["dag"].dag_id, run_id=context["run_id"],
-            token=token,
+            dt, params, dag_id=context["dag"].dag_id, run_id=context["run_id"], token=token,
+            basis=chosen,
         )  # fmt: skip
     except BaseException:
         lease.release(storage, settings.lake, dt, token)
         raise
-    return {**plan, "token": token}
+    return {**plan, "token": token, "basis": chosen.basis}
 
 
 @task
@@ -143,6 +154,7 @@ def publish(summary: dict[str, Any]) -> str:
         "partition": summary["partition"],
         "uri": settings.lake.reduced(dt),
         "rows": summary["reduced"],
+        "basis": summary["basis"],
         "k": summary["k"],
     }
     print(f"Published dt={summary['partition']}: {marker}")

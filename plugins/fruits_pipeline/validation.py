@@ -29,6 +29,7 @@ class PartitionSummary:
     featurized: int
     errors: int
     reduced: int
+    basis: str
     k: int
     explained_variance: float
     error_ratio: float
@@ -67,23 +68,34 @@ def parquet_rows(storage: LakeStorage, dataset: str) -> int:
     return rows
 
 
-def reduced_vectors_check(storage: LakeStorage, dataset: str, k: int) -> tuple[int, int, int]:
-    """(rows, rows whose vector is not k long, rows with NaN or inf), batch by batch."""
+def reduced_vectors_check(
+    storage: LakeStorage, dataset: str, k: int, basis: str
+) -> tuple[int, int, int, int]:
+    """(rows, rows whose vector is not k long, rows with NaN or inf, rows not in `basis`),
+    batch by batch."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rows = wrong_length = not_finite = 0
+    rows = wrong_length = not_finite = other_basis = 0
     for part in parquet_parts(storage, dataset):
         with storage.local_copy(part) as path:
-            for batch in pq.ParquetFile(path).iter_batches(columns=["pca_features"]):
-                vectors = batch.column(0)
+            parquet = pq.ParquetFile(path)
+            if "basis" not in parquet.schema_arrow.names:
+                other_basis += parquet.metadata.num_rows
+            for batch in parquet.iter_batches(
+                columns=[c for c in ("pca_features", "basis") if c in parquet.schema_arrow.names]
+            ):
+                vectors = batch.column("pca_features")
                 rows += len(vectors)
                 lengths = pc.fill_null(pc.list_value_length(vectors), -1)
                 wrong_length += int(pc.sum(pc.not_equal(lengths, k)).as_py() or 0)
                 values = vectors.flatten().to_numpy(zero_copy_only=False)
                 rows_of_values = pc.list_parent_indices(vectors).to_numpy()
                 not_finite += len(np.unique(rows_of_values[~np.isfinite(values)]))
-    return rows, wrong_length, not_finite
+                if "basis" in batch.schema.names:
+                    same = pc.fill_null(pc.equal(batch.column("basis"), basis), False)
+                    other_basis += len(vectors) - int(pc.sum(same).as_py() or 0)
+    return rows, wrong_length, not_finite, other_basis
 
 
 def validate_partition(
@@ -101,10 +113,14 @@ def validate_partition(
     if not storage.exists(manifest_uri):
         raise ValidationFailed(f"no PCA manifest at {manifest_uri}: the PCA step wrote none")
     manifest = json.loads(storage.read_bytes(manifest_uri))
-    k = int(manifest["k"])
+    if not manifest.get("basis"):
+        raise ValidationFailed(f"the PCA manifest {manifest_uri} names no basis")
+    k, basis = int(manifest["k"]), manifest["basis"]
     featurized = parquet_rows(storage, lake.features(dt, run))
     errors = parquet_rows(storage, lake.errors(dt, run))
-    reduced, wrong_length, not_finite = reduced_vectors_check(storage, lake.reduced(dt, run), k)
+    reduced, wrong_length, not_finite, other_basis = reduced_vectors_check(
+        storage, lake.reduced(dt, run), k, basis
+    )
     error_ratio = errors / images_found if images_found else math.inf
     problems = []
     if featurized + errors != images_found:
@@ -119,6 +135,8 @@ def validate_partition(
         problems.append(f"{wrong_length} reduced vectors do not have k={k} dimensions")
     if not_finite:
         problems.append(f"{not_finite} reduced vectors contain NaN or inf")
+    if other_basis:
+        problems.append(f"{other_basis} reduced rows are not in basis {basis}")
     if error_ratio > max_error_ratio:
         problems.append(
             f"error ratio {errors}/{images_found} = {error_ratio:.2%} exceeds the maximum "
@@ -134,6 +152,7 @@ def validate_partition(
         featurized=featurized,
         errors=errors,
         reduced=reduced,
+        basis=basis,
         k=k,
         explained_variance=float(manifest["explained_variance"]),
         error_ratio=error_ratio,
