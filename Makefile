@@ -14,7 +14,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast lint demo verify cross-day bench bench-batch clean
+.PHONY: install test test-fast lint demo refit bases verify cross-day bench bench-refit bench-batch clean
 
 install: $(STAMP)
 
@@ -48,6 +48,21 @@ demo: $(STAMP)
 	$(PY) -m fruits_pipeline.demo $(if $(RAW),--raw "$(RAW)") $(if $(DATE),--date "$(DATE)") \
 		$(if $(LAKE),--lake "$(LAKE)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
+# The refit DAG (fruits_pca_basis) once, locally, over the published days FROM..TO of LAKE:
+# a new basis, every published day moved into it. `make bases` lists the lake's bases.
+FROM ?=
+TO ?=
+VARIANCE ?=
+K ?=
+refit: $(STAMP)
+	$(PY) -m fruits_pipeline.refit_cli $(if $(FROM),--from-date "$(FROM)") \
+		$(if $(TO),--to-date "$(TO)") $(if $(LAKE),--lake "$(LAKE)") \
+		$(if $(VARIANCE),--variance "$(VARIANCE)") $(if $(K),--k "$(K)") \
+		$(if $(WEIGHTS),--weights "$(WEIGHTS)")
+
+bases: $(STAMP)
+	$(PY) -m fruits_pipeline.refit_cli --list $(if $(LAKE),--lake "$(LAKE)")
+
 # Real-photo checks on a folder of <Label>/<file>.jpg that is not the test sample.
 PHOTOS ?= ../shared/data/fruits360-bench
 verify: $(STAMP)
@@ -63,6 +78,12 @@ cross-day: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# The refit jobs (a basis fitted alone, days reprojected) on 100k, 300k and 1M synthetic rows,
+# against numpy in one process. No ../shared needed; SIZES=20000,60000 for a quick check.
+SIZES ?=
+bench-refit: $(STAMP)
+	$(PY) -m bench.refit $(if $(SIZES),--sizes "$(SIZES)")
 
 # The featurize job's batch size: one single-threaded interpreter per core, side by side.
 bench-batch: $(STAMP)

@@ -37,12 +37,13 @@ TARGETS = {"b/a throughput": 5.0, "b/a whole process": 3.5, "b/c throughput": 0.
 
 
 class TreeSampler:
-    """Peak RSS of a process tree and of its largest PySpark Python worker, and the CPU seconds
-    of its JVMs and of its Python workers, sampled (a process's last 0.2 s may be missed)."""
+    """Peak RSS of a process tree, of its root, of its JVM and of its largest PySpark Python
+    worker, and the CPU seconds of its JVMs and of its Python workers, sampled (a process's last
+    0.2 s may be missed)."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
         self.pid, self.interval_s = pid, interval_s
-        self.peak_total = self.peak_worker = self.peak_root = 0
+        self.peak_total = self.peak_worker = self.peak_root = self.peak_jvm = 0
         self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, last CPU seconds seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -69,6 +70,8 @@ class TreeSampler:
                         kind = "python_workers"
                     else:
                         kind = "jvm" if "java" in proc.name() else "other"
+                    if kind == "jvm":
+                        self.peak_jvm = max(self.peak_jvm, rss)
                     times = proc.cpu_times()
                     self._cpu[proc.pid] = (kind, times.user + times.system)
                 except psutil.Error:
@@ -104,6 +107,7 @@ def run_measured(command: list[str], env: dict[str, str]) -> dict:
         "peak_rss_mb": sampler.peak_total / 2**20,
         "peak_python_worker_mb": sampler.peak_worker / 2**20,
         "peak_main_process_mb": sampler.peak_root / 2**20,
+        "peak_jvm_mb": sampler.peak_jvm / 2**20,
         "cpu_s": sampler.cpu_seconds(),
         **json.loads(stdout.strip().splitlines()[-1]),
     }

@@ -26,13 +26,15 @@ DOC = f"""
 1. **check_uploads**: counts images under `raw/dt=D/`; none: the run skips, no cluster is made.
    **prepare_run** takes the day's lease (one run per day: while another run of the same day
    holds it, this run **fails at once, naming that run**, and touches nothing) and stages the jobs.
+   While `fruits_pca_basis` refits the basis, daily runs fail at once the same way.
 2. **create_cluster** (setup): a transient `{backend.name}` Spark cluster.
-3. **add_steps**: featurize (MobileNetV2, 1280-d per image) then PCA (standardize, keep the
-   chosen variance), passing Parquet through the run's own `staging/dt=D/<run>/` folder.
+3. **add_steps**: featurize (MobileNetV2, 1280-d per image) then PCA in the lake's current
+   basis (the first run fits it on its day), passing Parquet through the run's own
+   `staging/dt=D/<run>/` folder.
 4. **watch_featurize**, **watch_pca** wait for the steps; **validate** checks every vector has
-   k dimensions, counts add up and errors stay under the threshold; **publish** moves the run's
-   outputs into place, writes `reports/dt=D/_SUCCESS` and emits the `fruits_reduced_features`
-   asset event. Until then an earlier publication of the day stays as it was.
+   the basis's k dimensions, counts add up and errors stay under the threshold; **publish**
+   moves the run's outputs into place, writes `reports/dt=D/_SUCCESS` and emits the
+   `fruits_reduced_features` asset event. Until then an earlier publication stays as it was.
 5. **terminate_cluster**, then **release_partition** (teardowns): always run once the cluster
    exists (the lease is taken), whatever failed.
 
@@ -43,8 +45,8 @@ DOC = f"""
 `weights` (`imagenet`, `random`, a path, an s3 URI inside the lake).
 
 **Outputs** under `{settings.lake.root}`: `features/dt=D/`, `errors/dt=D/` (bad files and
-why), `reduced/dt=D/`, `models/pca/dt=D/`, `reports/dt=D/` (manifest.json, explained_variance.png,
-pca_scatter.png, `_SUCCESS` last).
+why), `reduced/dt=D/` (with the basis of every row), `reports/dt=D/` (manifest.json,
+explained_variance.png, pca_scatter.png, `_SUCCESS` last); the basis in `models/pca/<id>/`.
 """
 
 with DAG(

@@ -4,6 +4,8 @@
         --fit-basis models/pca/<basis id> [--variance V | --k N] [--days D ...]
     python -m spark_jobs.pca --input URI --output URI --report URI \
         --apply-basis models/pca/<basis id> [--wait-s S]
+    python -m spark_jobs.pca --input URI [URI ...] --fit-basis models/pca/<basis id> \
+        [--variance V | --k N] --days D [D ...]
 
 --output gets Parquet (path, label, pca_features list<float32> of the basis's k, basis: its id).
 --fit-basis writes the basis once (`pca_model.json`, then `manifest.json`, see basis.py) and
@@ -12,6 +14,9 @@ basis another run is still fitting. --report gets manifest.json (k, the basis, t
 rows' standardized variance the basis captures next to the share at fit),
 explained_variance.png and pca_scatter.png.
 
+Without --output and --report, --fit-basis only fits (the refit DAG): the basis gets its
+explained-variance curve too, and the job prints the basis's manifest and the rows.
+
 Rows never reach the driver: partitions reduce them to moments, the driver decomposes the
 d x d matrix (see pca_math), executors project.
 """
@@ -19,6 +24,7 @@ d x d matrix (see pca_math), executors project.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -27,13 +33,14 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from spark_jobs import basis, pca_math
+from spark_jobs import basis, featurized, pca_math
 from spark_jobs.model import FEATURE_DIM
 from spark_jobs.pca_math import DEFAULT_VARIANCE, Moments, PcaModel
 
 REDUCED_SCHEMA = "path string, label string, pca_features array<float>, basis string"
 SCATTER_SAMPLE_ROWS = 5000
-WAIT_POLL_S = 5.0
+# Partial moments merged this many at a time below the driver: d x d each (13 MB at d=1280).
+TREE_FAN_IN = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--input", required=True, nargs="+", help="featurize outputs (Parquet), one per day"
     )
-    parser.add_argument("--output", required=True, help="Parquet: path, label, pca_features")
-    parser.add_argument("--report", required=True, help="folder for manifest.json and the PNGs")
+    parser.add_argument("--output", help="Parquet: path, label, pca_features, basis")
+    parser.add_argument("--report", help="folder for manifest.json and the PNGs")
     chosen = parser.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--fit-basis", help="fit a new basis and write it to this folder")
     chosen.add_argument("--apply-basis", help="reduce in the basis of this folder")
@@ -55,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--master", help="Spark master when not run by spark-submit")
     args = parser.parse_args(argv)
+    if (args.output is None) != (args.report is None):
+        parser.error("--output and --report go together: both, or neither to only fit a basis")
+    if args.apply_basis and args.output is None:
+        parser.error("--apply-basis needs --output and --report")
+    if args.fit_basis and args.output is None and not args.days:
+        parser.error("fitting a basis without --output needs --days: the days it is fit on")
     if args.apply_basis and (args.variance is not None or args.k is not None):
         parser.error("--apply-basis keeps the basis's k: give neither --variance nor --k")
     if args.variance is not None and not 0.0 < args.variance <= 1.0:
@@ -90,132 +103,119 @@ def partition_moments(batches: Iterator, dim: int) -> Iterator:
             continue
         column = batch.column(0)
         rows = column.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, dim)
-        if not np.isfinite(rows).all():
-            raise ValueError("the features contain NaN or infinite values")
         total = total.merge(Moments.of(rows))
     yield pa.RecordBatch.from_pydict({"moments": [moments_bytes(total)]})
 
 
 def feature_moments(features, dim: int) -> Moments:
-    """Moments of all rows, reduced across executors; the driver receives one d x d matrix."""
-    partials = features.select("features").mapInArrow(
-        lambda batches: partition_moments(batches, dim), "moments binary"
+    """Moments of all rows, reduced across executors; the driver receives a few d x d
+    matrices, however many rows and partitions."""
+    partials = (
+        features.select("features")
+        .mapInArrow(lambda batches: partition_moments(batches, dim), "moments binary")
+        .rdd.map(lambda row: moments_from_bytes(row.moments, dim))
     )
-    return partials.rdd.map(lambda row: moments_from_bytes(row.moments, dim)).treeReduce(
-        Moments.merge, depth=2
-    )
+    depth = math.ceil(math.log(max(partials.getNumPartitions(), 2), TREE_FAN_IN))
+    moments = partials.treeReduce(Moments.merge, depth=max(2, depth))
+    if not moments.finite:
+        raise ValueError("the features contain NaN or infinite values")
+    return moments
 
 
-def check_features(features) -> tuple[int, int]:
-    """(rows, d); a clear error when vectors are missing or of different lengths."""
-    from pyspark.sql import functions as F
+def project(spark, features, model: PcaModel, basis_id: str, day_spreads=None):
+    """(path, label, features) -> (path, label, pca_features, basis), in the executors.
 
-    summary = features.select(
-        F.count(F.lit(1)).alias("rows"),
-        F.min(F.size("features")).alias("shortest"),
-        F.max(F.size("features")).alias("longest"),
-        F.sum(F.col("features").isNull().cast("int")).alias("missing"),
-    ).first()
-    if summary.rows < 2:
-        raise ValueError(f"PCA needs at least 2 feature vectors; the input has {summary.rows}")
-    if summary.missing:
-        raise ValueError(f"{summary.missing} rows of the input have no feature vector")
-    if summary.shortest != summary.longest:
-        raise ValueError(
-            f"feature vectors differ in length: from {summary.shortest} to {summary.longest}"
-        )
-    return int(summary.rows), int(summary.longest)
-
-
-def project(spark, features, model: PcaModel, basis_id: str):
-    """(path, label, features) -> (path, label, pca_features, basis), in the executors."""
+    With `day_spreads` (an accumulator of {day: pca_math.Spread}, see reproject), the rows keep
+    their day (column `dt`) and each day's spread is added to it as its rows are projected."""
     shipped = spark.sparkContext.broadcast(model.as_dict())
+    by_day = day_spreads is not None
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         fitted = PcaModel.from_dict(shipped.value)
         for batch in batches:
-            reduced = fitted.transform(np.stack(batch["features"].to_numpy()))
-            yield pd.DataFrame(
-                {
-                    "path": batch["path"],
-                    "label": batch["label"],
-                    "pca_features": list(reduced),
-                    "basis": basis_id,
-                }
-            )
+            rows = np.stack(batch["features"].to_numpy())
+            if not by_day:
+                reduced = fitted.transform(rows)
+            else:
+                reduced = np.empty((len(rows), fitted.k), dtype=np.float32)
+                days = batch["dt"].to_numpy()
+                for day in np.unique(days):
+                    chosen = days == day
+                    reduced[chosen], spread = pca_math.transform_with_spread(fitted, rows[chosen])
+                    day_spreads.add({day: spread})
+            # The schema's columns, in its order.
+            result = batch[["path", "label"]].assign(pca_features=list(reduced), basis=basis_id)
+            if by_day:
+                result["dt"] = batch["dt"]
+            yield result
 
-    return features.select("path", "label", "features").mapInPandas(run, REDUCED_SCHEMA)
-
-
-def input_weights(spark, inputs: list[str]) -> dict | None:
-    """The weights every input was featurized with (their `_featurize.json`); they must agree."""
-    from spark_jobs import storage
-    from spark_jobs.featurize import FEATURIZE_MANIFEST
-
-    records = []
-    for uri in inputs:
-        manifest = f"{uri.rstrip('/')}/{FEATURIZE_MANIFEST}"
-        if storage.exists(spark, manifest):
-            records.append((uri, storage.read_json(spark, manifest).get("weights")))
-    if not records:
-        return None
-    (first_uri, first), *others = records
-    for uri, record in others:
-        # Both unknown is no mismatch, as in apply mode's check.
-        if (first or record) and not basis.same_weights(first, record):
-            raise basis.WeightsMismatch(
-                f"the inputs were featurized with different weights: "
-                f"{basis.describe_weights(first)} ({first_uri}) and "
-                f"{basis.describe_weights(record)} ({uri})"
-            )
-    return first
+    columns = ["path", "label", "features", *(["dt"] if by_day else [])]
+    schema = REDUCED_SCHEMA + (", dt string" if by_day else "")
+    return features.select(*columns).mapInPandas(run, schema)
 
 
 def fit_basis(spark, args, moments: Moments, rows: int, weights: dict | None):
-    """Fit, then write the model and, last, the manifest that makes the basis complete."""
-    from spark_jobs import storage
+    """Fit, check the fit, then write the basis (with its curve when fitted on its own)."""
+    from spark_jobs import report
 
-    basis_id = basis.basis_id_of(args.fit_basis)
-    if storage.exists(spark, basis.model_uri(args.fit_basis)):
-        raise FileExistsError(f"basis {basis_id} already exists: a basis is never rewritten")
     fitted = pca_math.fit(moments)
     model = fitted.with_k(pca_math.choose_k(fitted, variance=args.variance, k=args.k))
-    storage.write_json(spark, basis.model_uri(args.fit_basis), model.as_dict())
     manifest = {
-        "basis": basis_id,
+        "basis": basis.basis_id_of(args.fit_basis),
         "fit_on": {"days": sorted(args.days), "rows": rows},
         "k": model.k,
         "feature_dim": model.dim,
         "variance_threshold": args.variance,
         "fixed_k": args.k,
-        "explained_variance": float(pca_math.cumulative_explained_variance(model)[model.k - 1]),
+        "explained_variance": pca_math.checked_explained_variance(model),
         "weights": weights,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    storage.write_json(spark, basis.manifest_uri(args.fit_basis), manifest)
+    curve = None
+    if args.output is None:
+        cumulative = pca_math.cumulative_explained_variance(model)
+        curve = report.explained_variance_png(cumulative, model.k, args.variance)
+    basis.write(spark, args.fit_basis, model.as_dict(), manifest, curve)
     return model, manifest
 
 
-def read_basis(spark, uri: str, wait_s: float):
-    """The basis at `uri`, waiting up to `wait_s` for the run still fitting it."""
-    from spark_jobs import storage
+def read_basis(spark, uri: str, wait_s: float = 0.0) -> tuple[PcaModel, dict]:
+    """(model, manifest) of the basis at `uri`, waiting up to `wait_s` for the run fitting it."""
+    model, manifest = basis.read(spark, uri, wait_s)
+    return PcaModel.from_dict(model), manifest
 
-    deadline = time.monotonic() + wait_s
-    while not storage.exists(spark, basis.manifest_uri(uri)):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise FileNotFoundError(
-                f"basis {basis.basis_id_of(uri)} is not in the lake ({uri}), "
-                f"after waiting {wait_s:.0f} s for the run fitting it"
-            )
-        time.sleep(min(WAIT_POLL_S, left))  # up to --wait-s, not up to a poll beyond it
-    model = PcaModel.from_dict(storage.read_json(spark, basis.model_uri(uri)))
-    return model, storage.read_json(spark, basis.manifest_uri(uri))
+
+def write_report_images(
+    spark, folder: str, reduced, rows: int, model: PcaModel, threshold, captured: float
+) -> None:
+    """explained_variance.png (the basis's curve and the share `captured` of these rows) and
+    pca_scatter.png (at most SCATTER_SAMPLE_ROWS rows of `reduced`, drawn at random)."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs import report, storage
+
+    fraction = min(1.0, SCATTER_SAMPLE_ROWS / rows)
+    sample = (
+        reduced.sample(fraction=fraction, seed=0)
+        .select("label", F.slice("pca_features", 1, 2).alias("first_two"))
+        .collect()[:SCATTER_SAMPLE_ROWS]
+    )
+    points = np.array([(list(r.first_two) + [0.0])[:2] for r in sample]).reshape(-1, 2)
+    cumulative = pca_math.cumulative_explained_variance(model)
+    storage.write_bytes(
+        spark,
+        f"{folder}/explained_variance.png",
+        report.explained_variance_png(cumulative, model.k, threshold, captured=captured),
+    )
+    storage.write_bytes(
+        spark,
+        f"{folder}/pca_scatter.png",
+        report.scatter_png(points, [r.label for r in sample], rows),
+    )
 
 
 def run(spark, args: argparse.Namespace) -> dict:
-    from spark_jobs import report, storage
-    from spark_jobs.featurize import FEATURIZE_MANIFEST
+    from spark_jobs import storage
 
     timings: dict[str, float] = {}
     clock = time.time()
@@ -227,13 +227,19 @@ def run(spark, args: argparse.Namespace) -> dict:
         timings[name] = round(now - clock, 3)
         clock = now
 
+    if args.fit_basis:
+        basis.refuse_existing(spark, args.fit_basis)  # before the pass over the rows
     features = spark.read.parquet(*args.input)
-    rows, dim = check_features(features)
-    weights = input_weights(spark, args.input)
+    rows, dim = featurized.check_features(features)
+    weights = featurized.input_weights(spark, args.input)
     lap("check")
     moments = feature_moments(features, dim)
     if args.fit_basis:
         model, fitted = fit_basis(spark, args, moments, rows, weights)
+        if args.output is None:
+            lap("fit")
+            timings["total"] = round(time.time() - started, 3)
+            return {**fitted, "rows": rows, "timings_s": timings}
     else:
         model, fitted = read_basis(spark, args.apply_basis, args.wait_s)
         if model.dim != dim:
@@ -241,8 +247,7 @@ def run(spark, args: argparse.Namespace) -> dict:
                 f"basis {fitted['basis']} expects {model.dim}-d vectors; "
                 f"the input has {dim}-d vectors"
             )
-        if weights is not None or fitted.get("weights") is not None:
-            basis.check_weights(weights, fitted.get("weights"), fitted["basis"])
+        basis.check_weights(weights, fitted.get("weights"), fitted["basis"])
     basis_id = fitted["basis"]
     captured = pca_math.captured_variance(model, moments)
     lap("fit" if args.fit_basis else "moments")
@@ -250,30 +255,20 @@ def run(spark, args: argparse.Namespace) -> dict:
     reduced.write.mode("overwrite").parquet(args.output)
     lap("transform_and_write")
 
-    cumulative = pca_math.cumulative_explained_variance(model)
-    fraction = min(1.0, SCATTER_SAMPLE_ROWS / rows)
-    sample = spark.read.parquet(args.output).sample(fraction=fraction, seed=0).collect()
-    points = np.array([(r.pca_features + [0.0])[:2] for r in sample]).reshape(-1, 2)
     report_root = args.report.rstrip("/")
-    storage.write_bytes(
+    write_report_images(
         spark,
-        f"{report_root}/explained_variance.png",
-        report.explained_variance_png(
-            cumulative, model.k, fitted.get("variance_threshold"), captured=captured
-        ),
-    )
-    storage.write_bytes(
-        spark,
-        f"{report_root}/pca_scatter.png",
-        report.scatter_png(points, [r.label for r in sample], rows),
+        report_root,
+        spark.read.parquet(args.output),
+        rows,
+        model,
+        fitted.get("variance_threshold"),
+        captured,
     )
     lap("report")
-    featurize_manifest = f"{args.input[0].rstrip('/')}/{FEATURIZE_MANIFEST}"
     upstream = (
-        storage.read_json(spark, featurize_manifest)
-        if len(args.input) == 1 and storage.exists(spark, featurize_manifest)
-        else {}
-    )
+        featurized.featurize_manifest(spark, args.input[0]) if len(args.input) == 1 else None
+    ) or {}
     timings["total"] = round(time.time() - started, 3)
     manifest = {
         "basis": basis_id,
@@ -301,9 +296,9 @@ def run(spark, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from spark_jobs.session import run_job
 
-    return run_job(
-        "fruits-pca", parse_args, run, ("basis", "k", "explained_variance", "rows"), argv
-    )
+    # `fit_on`: only when fitting without --output (the daily manifest has `basis_fit_on`).
+    summary = ("basis", "k", "explained_variance", "rows", "fit_on")
+    return run_job("fruits-pca", parse_args, run, summary, argv)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ class Moments:
         centred = rows - mean
         return cls(len(rows), mean, centred.T @ centred)
 
+    @property
+    def finite(self) -> bool:
+        # A NaN or infinite value anywhere in the rows leaves NaN or inf in the mean or scatter.
+        return bool(np.isfinite(self.mean).all() and np.isfinite(self.scatter).all())
+
     def merge(self, other: Moments) -> Moments:
         if other.n == 0:
             return self
@@ -73,9 +78,14 @@ class PcaModel:
     def explained_variance_ratio(self) -> np.ndarray:
         return self.eigenvalues / self.eigenvalues.sum()
 
+    def standardize(self, rows: np.ndarray) -> np.ndarray:
+        return (np.asarray(rows, dtype=np.float64) - self.mean) / self.scale
+
+    def coordinates(self, standardized: np.ndarray) -> np.ndarray:
+        return standardized @ self.components.T
+
     def transform(self, rows: np.ndarray) -> np.ndarray:
-        standardized = (np.asarray(rows, dtype=np.float64) - self.mean) / self.scale
-        return (standardized @ self.components.T).astype(np.float32)
+        return self.coordinates(self.standardize(rows)).astype(np.float32)
 
     def with_k(self, k: int) -> PcaModel:
         return PcaModel(self.mean, self.scale, self.components[:k], self.eigenvalues, self.rows)
@@ -106,6 +116,40 @@ class PcaModel:
             rows=int(data["rows"]),
         )
         return model
+
+
+@dataclass
+class Spread:
+    """Count, mean and sum of squared deviations of each column: the diagonal of `Moments`,
+    O(d) numbers where `Moments` ships d x d."""
+
+    n: int
+    mean: np.ndarray  # (columns,)
+    squares: np.ndarray  # (columns,): sum of squared deviations from the mean
+
+    @classmethod
+    def of(cls, *blocks: np.ndarray) -> Spread:
+        """Of the rows made of the blocks' columns side by side ((n, a), (n, b) -> a + b
+        columns), without copying them into one array."""
+        means, squares = [], []
+        for block in blocks:
+            mean = block.mean(axis=0)
+            centred = block - mean
+            means.append(mean)
+            squares.append(np.einsum("ij,ij->j", centred, centred))
+        return cls(len(blocks[0]), np.concatenate(means), np.concatenate(squares))
+
+    def merge(self, other: Spread) -> Spread:
+        """Chan et al.'s update, as `Moments.merge` on the diagonal."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        squares = self.squares + other.squares + delta**2 * (self.n * other.n / n)
+        return Spread(n, mean, squares)
 
 
 def standard_scale(moments: Moments) -> np.ndarray:
@@ -169,6 +213,30 @@ def cumulative_explained_variance(model: PcaModel) -> np.ndarray:
     return np.cumsum(model.explained_variance_ratio)
 
 
+def checked_explained_variance(model: PcaModel) -> float:
+    """The share of the variance the model's k components explain, once the fit is checked
+    usable: k >= 1, every number finite, the share in (0, 1]. A clear error otherwise."""
+    arrays = {
+        "mean": model.mean,
+        "scale": model.scale,
+        "components": model.components,
+        "eigenvalues": model.eigenvalues,
+    }
+    broken = [name for name, values in arrays.items() if not np.isfinite(values).all()]
+    if broken:
+        raise ValueError(f"the fit is unusable: its {', '.join(broken)} hold NaN or infinity")
+    if model.k < 1:
+        raise ValueError("the fit is unusable: it kept no component")
+    with np.errstate(invalid="ignore"):  # 0 / 0 when nothing varies: refused below
+        explained = float(cumulative_explained_variance(model)[model.k - 1])
+    if not 0.0 < explained <= 1.0 + THRESHOLD_TOLERANCE:
+        raise ValueError(
+            f"the fit is unusable: its explained variance is {explained} "
+            "(features without any variance?)"
+        )
+    return explained
+
+
 def captured_variance(model: PcaModel, moments: Moments) -> float:
     """The share of the rows' variance, standardized with the model's scale, that the model's k
     components capture. On the rows it was fit on, that is its explained variance; rows unlike
@@ -181,3 +249,30 @@ def captured_variance(model: PcaModel, moments: Moments) -> float:
         return 1.0  # no variance at all: nothing is lost
     kept = float(np.einsum("kd,de,ke->", model.components, covariance, model.components))
     return kept / total
+
+
+def transform_with_spread(model: PcaModel, rows: np.ndarray) -> tuple[np.ndarray, Spread]:
+    """`model.transform(rows)`, and the `Spread` of the standardized rows beside their
+    coordinates (d + k columns), from one projection: what `captured_share` needs."""
+    standardized = model.standardize(rows)
+    coordinates = model.coordinates(standardized)
+    return coordinates.astype(np.float32), Spread.of(standardized, coordinates)
+
+
+def captured_share(model: PcaModel, spread: Spread) -> float:
+    """`captured_variance` from the `Spread` of `transform_with_spread`: the coordinates'
+    variances over the standardized columns' (shift-invariant, so the model's mean does), from
+    O(d + k) numbers instead of a d x d matrix."""
+    if spread.n < 2:
+        raise ValueError(f"the captured variance needs at least 2 rows; got {spread.n}")
+    if spread.squares.shape != (model.dim + model.k,):
+        raise ValueError(
+            f"a spread of {spread.squares.shape[0]} columns is not of this model's "
+            f"{model.dim} standardized columns and {model.k} coordinates"
+        )
+    total = float(spread.squares[: model.dim].sum())
+    # Identical rows leave rounding noise of their mean (as in `standard_scale`'s bound).
+    noise = spread.n * (spread.n * np.finfo(np.float64).eps) ** 2 * spread.mean[: model.dim] ** 2
+    if total <= noise.sum():
+        return 1.0  # no variance at all: nothing is lost
+    return float(spread.squares[model.dim :].sum()) / total

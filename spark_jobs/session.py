@@ -54,12 +54,13 @@ def run_job(
     summary_keys: Sequence[str],
     argv: list[str] | None = None,
 ) -> int:
-    """A job's command line: parse, run in a session that is always stopped, print a summary."""
+    """A job's command line: parse, run in a session that is always stopped, print a summary
+    (the `summary_keys` the run's manifest has)."""
     args = parse_args(argv)
     spark = spark_session(app_name, args.master)
     try:
         manifest = run(spark, args)
     finally:
         spark.stop()
-    print(json.dumps({key: manifest[key] for key in summary_keys}))
+    print(json.dumps({key: manifest[key] for key in summary_keys if key in manifest}))
     return 0

@@ -61,6 +61,7 @@ SKIPPED_RUN = {
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "fruits_features.py"
+REFIT_DAG_FILE = REPO / "dags" / "fruits_pca_basis.py"
 FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"})
 _modules = itertools.count()
 
@@ -100,10 +101,14 @@ def airflow_db(tmp_path_factory) -> Iterator[Path]:
 
 
 # Modules that read the pipeline settings when imported.
-SETTINGS_MODULES = ("fruits_pipeline.backends", "fruits_pipeline.tasks")
+SETTINGS_MODULES = (
+    "fruits_pipeline.backends",
+    "fruits_pipeline.tasks",
+    "fruits_pipeline.refit_tasks",
+)
 
 
-def load_dag():
+def load_dag(dag_file: Path | None = None):
     """Parse the DAG file now, with the environment of the test (settings are read at parse
     time), under a module name of its own; the modules in SETTINGS_MODULES are imported anew.
 
@@ -111,7 +116,7 @@ def load_dag():
     for name in SETTINGS_MODULES:
         sys.modules.pop(name, None)
     name = f"fruits_features_under_test_{next(_modules)}"
-    spec = importlib.util.spec_from_file_location(name, DAG_FILE)
+    spec = importlib.util.spec_from_file_location(name, dag_file or DAG_FILE)
     assert spec is not None and spec.loader is not None
     module: ModuleType = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -28,6 +28,7 @@ def repo(tmp_path):
     (jobs / "__init__.py").write_text("")
     (jobs / "featurize.py").write_text("print('featurize')\n")
     (jobs / "pca.py").write_text("print('pca')\n")
+    (jobs / "reproject.py").write_text("print('reproject')\n")
     (jobs / "common" / "__init__.py").write_text("")
     (jobs / "common" / "io.py").write_text("X = 1\n")
     (tmp_path / "requirements-jobs.txt").write_text("numpy==2.4.6\n")
@@ -63,6 +64,7 @@ def test_jobs_zip_holds_the_package_sorted(repo):
         "spark_jobs/common/io.py",
         "spark_jobs/featurize.py",
         "spark_jobs/pca.py",
+        "spark_jobs/reproject.py",
     ]
     assert archive.read("spark_jobs/pca.py") == b"print('pca')\n"
 
@@ -105,6 +107,7 @@ def test_artifact_files_without_local_weights(repo):
         "bootstrap.sh",
         "featurize.py",
         "pca.py",
+        "reproject.py",
         "requirements-jobs.txt",
         "spark_jobs.zip",
     ]

@@ -291,7 +291,8 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
     # The code was staged under its digest, encrypted at rest.
     staged = pipeline.keys(prefix)
     assert staged == sorted(
-        ["bootstrap.sh", "featurize.py", "pca.py", "requirements-jobs.txt", "spark_jobs.zip"]
+        ["bootstrap.sh", "featurize.py", "pca.py", "reproject.py", "requirements-jobs.txt",
+         "spark_jobs.zip"]
     )
     for name in staged:
         head = pipeline.s3.head_object(Bucket=BUCKET, Key=LAKE.s3_key(f"{prefix}/{name}"))

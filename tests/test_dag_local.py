@@ -98,8 +98,13 @@ def task_states(home: Path, run_id: str) -> dict[str, str]:
 
 
 def file_kinds(folder: Path) -> set[str]:
-    """File names with Spark's part numbers and write UUIDs left out."""
-    return {PART.sub("part", path.name) for path in folder.rglob("*") if path.is_file()}
+    """File names with Spark's part numbers and write UUIDs left out, and without Hadoop's
+    checksum files (a manifest rewritten at publication drops its stale one)."""
+    return {
+        PART.sub("part", path.name)
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.endswith(".crc")
+    }
 
 
 def partition_digest(lake: Lake, dt: date) -> dict[str, dict[str, str]]:

@@ -19,11 +19,25 @@ T0 = datetime(2026, 5, 5, 2, 0, tzinfo=UTC)
 GRACE_S, TTL_S = 600, 3600
 
 
+_CONDITIONAL_PUT = threading.Lock()
+
+
 @pytest.fixture(params=["local", "s3"])
-def lake_and_storage(request, tmp_path):
+def lake_and_storage(request, tmp_path, monkeypatch):
     if request.param == "local":
         yield Lake(str(tmp_path / "lake")), LocalLakeStorage()
         return
+    from moto.s3.responses import S3Response
+
+    # moto checks If-None-Match, then stores: threads can interleave the two and both win.
+    # S3 makes a conditional PUT atomic; so does this lock.
+    put_object = S3Response.put_object
+
+    def atomic_put_object(self):
+        with _CONDITIONAL_PUT:
+            return put_object(self)
+
+    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
     with mock_aws():
         client = boto3.client("s3", region_name="eu-west-3")
         client.create_bucket(
@@ -185,3 +199,16 @@ def test_run_tokens_are_unique_path_segments():
     for bad in ("../x", "", "a/b", "20260505T020000Z-AAAAAAAA"):
         with pytest.raises(ValueError, match="not a run token"):
             lake.staging(D, bad)
+
+
+def test_a_local_rewrite_drops_the_checksum_hadoop_kept_of_the_old_bytes(tmp_path):
+    # Spark wrote manifest.json and its .crc; publish rewrites the manifest: without the stale
+    # checksum a later Spark read (a refit's reprojection) reads it instead of failing.
+    manifest, checksum = tmp_path / "manifest.json", tmp_path / ".manifest.json.crc"
+    manifest.write_text("{}")
+    checksum.write_bytes(b"crc of {}")
+    LocalLakeStorage().write_bytes(str(manifest), b'{"basis": "b"}')
+    assert manifest.read_bytes() == b'{"basis": "b"}' and not checksum.exists()
+    checksum.write_bytes(b"crc")
+    LocalLakeStorage().delete(str(manifest))
+    assert not manifest.exists() and not checksum.exists()

@@ -4,6 +4,9 @@ applying it to other days."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -17,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from spark_jobs import basis, pca
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 DIM = 1280
@@ -284,6 +288,107 @@ def test_fewer_than_two_rows_is_a_clear_error(spark, tmp_path):
         pca.run(spark, args)
 
 
+# Fitting a basis on its own (the refit DAG): no --output, no --report.
+
+
+def fit_only_argv(inputs, basis_folder, *extra: str) -> list[str]:
+    return ["--input", *map(str, inputs), "--fit-basis", str(basis_folder), *extra]
+
+
+def test_fit_only_writes_the_basis_and_equals_sklearn(spark, fitted, applied, tmp_path,
+                                                      monkeypatch):
+    from spark_jobs import storage
+
+    root, vectors, _ = fitted
+    written = []
+    original = storage.write_bytes  # every file goes through it (write_json too)
+    monkeypatch.setattr(storage, "write_bytes", lambda spark, uri, data: (
+        written.append(uri.rsplit("/", 1)[-1]), original(spark, uri, data)))
+    folder = tmp_path / "models" / "pca" / "basis-20260105T020000Z-0000f17e"
+    inputs = [root / "day-a" / "features", root / "day-b" / "features"]
+    manifest = pca.run(spark, pca.parse_args(fit_only_argv(
+        inputs, folder, "--variance", "0.9", "--days", "2026-01-02", "2026-01-01"
+    )))
+    # The model, its curve, then the manifest that makes the basis complete; nothing else.
+    assert written == [basis.MODEL_FILE, basis.CURVE_FILE, basis.MANIFEST_FILE]
+    assert {p.name for p in folder.iterdir() if not p.name.endswith(".crc")} == {
+        basis.MODEL_FILE, basis.CURVE_FILE, basis.MANIFEST_FILE,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    with Image.open(folder / basis.CURVE_FILE) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+    both = np.concatenate([vectors, applied["day-b"][0]])
+    reference, _ = sklearn_fit(both)
+    cumulative = np.cumsum(reference.explained_variance_ratio_)
+    k = int(np.searchsorted(cumulative, 0.9) + 1)
+    assert (manifest["basis"], manifest["k"], manifest["rows"]) == (folder.name, k, 600)
+    assert manifest["fit_on"] == {"days": ["2026-01-01", "2026-01-02"], "rows": 600}
+    np.testing.assert_allclose(manifest["explained_variance"], cumulative[k - 1], rtol=1e-6)
+    components = np.asarray(saved_model(folder)["components"])
+    signs = np.sign(np.sum(components * reference.components_[:k], axis=1))
+    np.testing.assert_allclose(components * signs[:, None], reference.components_[:k], atol=1e-6)
+    on_disk = json.loads((folder / basis.MANIFEST_FILE).read_text())
+    assert on_disk == {key: value for key, value in manifest.items()
+                       if key not in ("rows", "timings_s")}
+    assert on_disk["weights"] == WEIGHTS_A and on_disk["variance_threshold"] == 0.9
+
+
+def test_fit_only_prints_the_basis_manifest(fitted, tmp_path):
+    root, vectors, _ = fitted
+    folder = tmp_path / "models" / "pca" / "basis-20260105T020000Z-0000c11a"
+    done = subprocess.run(
+        [sys.executable, "-m", "spark_jobs.pca", "--master", "local[1]", *fit_only_argv(
+            [root / "day-a" / "features"], folder, "--k", "4", "--days", "2026-01-01")],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"basis", "k", "explained_variance", "rows", "fit_on"}
+    assert (summary["basis"], summary["k"], summary["rows"]) == (folder.name, 4, len(vectors))
+    assert summary["fit_on"] == {"days": ["2026-01-01"], "rows": len(vectors)}
+    assert summary["explained_variance"] == json.loads(
+        (folder / basis.MANIFEST_FILE).read_text())["explained_variance"]
+
+
+def test_fit_only_refuses_a_folder_that_holds_a_basis(spark, fitted):
+    root, _, _ = fitted
+    folder = root / "models" / "pca" / BASIS
+    before = folder_bytes(folder)
+    args = pca.parse_args(fit_only_argv([root / "day-a" / "features"], folder, "--days", "d"))
+    with pytest.raises(FileExistsError, match=f"basis {BASIS} already exists"):
+        pca.run(spark, args)
+    assert folder_bytes(folder) == before
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf - inf, expected
+@pytest.mark.parametrize("only", [True, False], ids=["fit-only", "fit-and-reduce"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_features_are_refused_and_nothing_is_written(spark, tmp_path, only, value):
+    vectors, labels = synthetic_vectors(30, dim=16)
+    vectors[11, 5] = value
+    write_features(tmp_path / "features", vectors, labels)
+    folder = tmp_path / "models" / "pca" / BASIS
+    argv = (fit_only_argv([tmp_path / "features"], folder, "--k", "3", "--days", "d") if only
+            else fit_argv([tmp_path / "features"], tmp_path, folder, "--k", "3"))
+    with pytest.raises(ValueError, match="the features contain NaN or infinite values"):
+        pca.run(spark, pca.parse_args(argv))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # 0 / 0, expected
+@pytest.mark.parametrize("only", [True, False], ids=["fit-only", "fit-and-reduce"])
+def test_features_without_variance_are_refused_and_nothing_is_written(spark, tmp_path, only):
+    write_features(tmp_path / "features", np.full((20, 16), 0.5), ["a"] * 20)
+    folder = tmp_path / "models" / "pca" / BASIS
+    argv = (fit_only_argv([tmp_path / "features"], folder, "--days", "d") if only
+            else fit_argv([tmp_path / "features"], tmp_path, folder))
+    with pytest.raises(ValueError, match="the fit is unusable: its explained variance is nan"):
+        pca.run(spark, pca.parse_args(argv))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
+
+
 # Applying a basis.
 
 
@@ -378,13 +483,13 @@ def test_apply_of_a_missing_basis_waits_then_fails(spark, tmp_path):
     started = time.monotonic()
     with pytest.raises(FileNotFoundError, match="deadbeef"):
         pca.read_basis(spark, str(missing), 1.0)
-    assert 1.0 <= time.monotonic() - started < 1.0 + pca.WAIT_POLL_S / 2
+    assert 1.0 <= time.monotonic() - started < 1.0 + basis.WAIT_POLL_S / 2
 
 
 def test_an_apply_waiting_for_the_basis_succeeds_once_it_is_fitted(
     spark, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(pca, "WAIT_POLL_S", 0.2)
+    monkeypatch.setattr(basis, "WAIT_POLL_S", 0.2)
     vectors, labels = synthetic_vectors(20, dim=16)
     write_features(tmp_path / "a", vectors, labels)  # no weights recorded: both unknown
     other, other_labels = synthetic_vectors(20, draw=1, dim=16)
@@ -468,6 +573,19 @@ def test_fit_or_apply_a_basis(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--fit-basis", f"m/{BASIS}", "--output", "o", "--days", "d"], "go together"),
+     (["--fit-basis", f"m/{BASIS}", "--report", "r", "--days", "d"], "go together"),
+     (["--apply-basis", f"m/{BASIS}"], "--apply-basis needs --output and --report"),
+     (["--fit-basis", f"m/{BASIS}"], "without --output needs --days")],
+)
+def test_output_and_report_are_both_given_or_neither(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        pca.parse_args(["--input", "i", *argv])
+    assert message in capsys.readouterr().err
+
+
 def test_parsed_arguments():
     fit = pca.parse_args(["--input", "a", "b", "--output", "o", "--report", "r", "--fit-basis",
                           f"s3://lake/models/pca/{BASIS}/", "--days", "d1", "d2"])
@@ -476,3 +594,6 @@ def test_parsed_arguments():
     apply = pca.parse_args(["--input", "a", "--output", "o", "--report", "r", "--apply-basis",
                             f"/lake/models/pca/{BASIS}", "--wait-s", "30"])
     assert (apply.variance, apply.k, apply.wait_s, apply.fit_basis) == (None, None, 30.0, None)
+    only = pca.parse_args(["--input", "a", "b", "--fit-basis", f"/lake/models/pca/{BASIS}",
+                           "--k", "9", "--days", "d1", "d2"])
+    assert (only.output, only.report, only.k, only.days) == (None, None, 9, ["d1", "d2"])

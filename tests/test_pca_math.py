@@ -11,11 +11,15 @@ from sklearn.preprocessing import StandardScaler
 from spark_jobs.pca_math import (
     Moments,
     PcaModel,
+    Spread,
+    captured_share,
     captured_variance,
+    checked_explained_variance,
     choose_k,
     cumulative_explained_variance,
     fit,
     standard_scale,
+    transform_with_spread,
 )
 
 ZERO_COLUMN, CONSTANT_COLUMN = 7, 21
@@ -350,6 +354,100 @@ def test_captured_variance_needs_two_rows(model, n):
     moments = Moments.of(np.ones((1, 42))) if n else _empty(42)
     with pytest.raises(ValueError, match=f"needs at least 2 rows; got {n}$"):
         captured_variance(model, moments)
+
+
+# The same share from per-day spreads (O(d + k) numbers), as the reprojection computes it.
+
+
+def _spread_in_chunks(model: PcaModel, rows: np.ndarray, sizes: list[int]) -> Spread:
+    """What the reprojection's accumulator holds: each batch's spread, merged."""
+    merged = Spread(0, np.zeros(0), np.zeros(0))
+    for chunk in np.split(rows, np.cumsum(sizes)[:-1]):
+        coordinates, spread = transform_with_spread(model, chunk)
+        np.testing.assert_array_equal(coordinates, model.transform(chunk))
+        merged = merged.merge(spread)
+    return merged
+
+
+def test_spread_of_merged_uneven_chunks_equals_the_whole(data):
+    whole = Spread.of(data)
+    np.testing.assert_allclose(whole.mean, data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(whole.squares, data.var(axis=0) * len(data), rtol=1e-12)
+    merged = Spread(0, np.zeros(0), np.zeros(0))
+    for chunk in np.split(data, [1, 58, 61]):
+        merged = merged.merge(Spread.of(chunk))
+    assert merged.n == 300
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(merged.squares, whole.squares, rtol=1e-10, atol=1e-10)
+    # Blocks side by side are the columns of one array.
+    beside = Spread.of(data[:, :10], data[:, 10:])
+    np.testing.assert_array_equal(beside.squares, whole.squares)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 42])
+@pytest.mark.parametrize("seed", [0, 3])  # the fit rows, rows of another distribution
+def test_captured_share_equals_captured_variance(data, model, k, seed):
+    rows = data if seed == 0 else _with_constant_columns(_latent_factor_data(300, 40, seed=seed))
+    reduced = model.with_k(k)
+    spread = _spread_in_chunks(reduced, rows, [1, 120, 79, 100])
+    assert spread.n == 300 and spread.squares.shape == (42 + k,)
+    expected = captured_variance(reduced, Moments.of(rows))
+    assert captured_share(reduced, spread) == pytest.approx(expected, rel=1e-9)
+
+
+def test_captured_share_of_rows_without_variance_is_one(model):
+    spread = _spread_in_chunks(model.with_k(2), np.full((5, 42), 2.0), [5])
+    assert captured_share(model.with_k(2), spread) == 1.0
+
+
+def test_captured_share_needs_two_rows_of_the_model(data, model):
+    _, one = transform_with_spread(model.with_k(3), data[:1])
+    with pytest.raises(ValueError, match="needs at least 2 rows; got 1$"):
+        captured_share(model.with_k(3), one)
+    _, spread = transform_with_spread(model.with_k(3), data)
+    with pytest.raises(ValueError, match="45 columns is not of this model's 42 .* and 4"):
+        captured_share(model.with_k(4), spread)
+
+
+# A fit is checked before it is written.
+
+
+def test_checked_explained_variance_of_a_good_fit(model):
+    for k in (1, 5, 42):
+        assert checked_explained_variance(model.with_k(k)) == pytest.approx(
+            cumulative_explained_variance(model)[k - 1], rel=1e-15
+        )
+
+
+def test_moments_of_non_finite_rows_are_not_finite(data):
+    assert Moments.of(data).finite
+    for value in (np.nan, np.inf, -np.inf):
+        rows = data.copy()
+        rows[17, 3] = value
+        with np.errstate(invalid="ignore"):
+            merged = Moments.of(rows[:100]).merge(Moments.of(rows[100:]))
+            assert not Moments.of(rows).finite and not merged.finite
+
+
+def test_a_fit_of_rows_without_variance_is_refused():
+    fitted = fit(Moments.of(np.full((10, 6), 3.0)))
+    with pytest.raises(ValueError, match="unusable: its explained variance is nan"):
+        checked_explained_variance(fitted.with_k(2))
+
+
+@pytest.mark.parametrize("field", ["mean", "scale", "components", "eigenvalues"])
+def test_a_fit_holding_nan_or_infinity_is_refused(model, field):
+    broken = model.with_k(3)
+    values = getattr(broken, field).copy()
+    values.flat[1] = np.nan if field != "scale" else np.inf
+    setattr(broken, field, values)
+    with pytest.raises(ValueError, match=f"unusable: its {field} hold NaN or infinity"):
+        checked_explained_variance(broken)
+
+
+def test_a_fit_without_components_is_refused(model):
+    with pytest.raises(ValueError, match="unusable: it kept no component"):
+        checked_explained_variance(model.with_k(0))
 
 
 # Serialization.

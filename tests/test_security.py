@@ -174,7 +174,7 @@ def test_a_run_writes_every_object_encrypted(pipeline, monkeypatch, kms):
     assert run.state == "success"
     prefix = staged_prefix()
     written = [f"{prefix}/{name}" for name in pipeline.keys(prefix)] + [LAKE.success_marker(D)]
-    assert len(written) == 6
+    assert len(written) == 7  # six staged artifacts (three job scripts) and the marker
     for uri in written:
         head = pipeline.s3.head_object(Bucket=BUCKET, Key=LAKE.s3_key(uri))
         if kms:

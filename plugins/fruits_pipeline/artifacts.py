@@ -14,7 +14,7 @@ from typing import Any
 
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.params import is_local_path
-from fruits_pipeline.steps import FEATURIZE_SCRIPT, PCA_SCRIPT
+from fruits_pipeline.steps import FEATURIZE_SCRIPT, PCA_SCRIPT, REPROJECT_SCRIPT
 
 JOBS_ZIP = "spark_jobs.zip"
 BOOTSTRAP_SCRIPT = "bootstrap.sh"
@@ -66,6 +66,7 @@ def artifact_files(repo_root: str | Path, weights: str | None) -> dict[str, byte
         JOBS_ZIP: build_jobs_zip(root),
         FEATURIZE_SCRIPT: (root / "spark_jobs" / FEATURIZE_SCRIPT).read_bytes(),
         PCA_SCRIPT: (root / "spark_jobs" / PCA_SCRIPT).read_bytes(),
+        REPROJECT_SCRIPT: (root / "spark_jobs" / REPROJECT_SCRIPT).read_bytes(),
         BOOTSTRAP_SCRIPT: Path(__file__).with_name(BOOTSTRAP_SCRIPT).read_bytes(),
         JOB_REQUIREMENTS: (root / JOB_REQUIREMENTS).read_bytes(),
     }

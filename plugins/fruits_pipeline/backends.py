@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fruits_pipeline import artifacts, steps
+from fruits_pipeline import artifacts, lease, steps
 from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
@@ -40,6 +40,23 @@ class LocalBackend:
         basis: BasisPlan,
     ) -> dict[str, Any]:
         """Stage the jobs in a content-addressed local folder; steps are plain spark-submits."""
+        jobs = steps.run_jobs(
+            self.settings.lake,
+            dt,
+            token,
+            weights=params.weights,
+            basis=basis.basis,
+            fit=basis.fit,
+            variance=params.variance,
+            k=params.k,
+        )
+        return self._plan(jobs, f"dt={dt.isoformat()}", token)
+
+    def plan_refit(self, jobs, *, dag_id: str, run_id: str, token: str) -> dict[str, Any]:
+        """The same for a refit's jobs (steps.py, refit.py)."""
+        return self._plan(jobs, lease.REFIT, token)
+
+    def _plan(self, jobs, label: str, token: str) -> dict[str, Any]:
         files = artifacts.artifact_files(REPO_ROOT, None)
         staged = (
             Path(self.settings.local_state_dir) / "artifacts" / artifacts.artifact_digest(files)
@@ -49,7 +66,6 @@ class LocalBackend:
             if not (target.is_file() and target.stat().st_size == len(data)):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-        lake = self.settings.lake
         conf = {
             "spark.ui.enabled": "false",
             "spark.driver.host": "127.0.0.1",
@@ -58,16 +74,6 @@ class LocalBackend:
             "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
             "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
         }
-        jobs = steps.run_jobs(
-            lake,
-            dt,
-            token,
-            weights=params.weights,
-            basis=basis.basis,
-            fit=basis.fit,
-            variance=params.variance,
-            k=params.k,
-        )
         return {
             "job_flow_overrides": {
                 "idle_timeout_s": self.settings.local_idle_timeout_s,
@@ -75,7 +81,7 @@ class LocalBackend:
             },
             "steps": [
                 {
-                    "name": f"{job} dt={dt.isoformat()}",
+                    "name": f"{job} {label}",
                     "args": steps.spark_submit_args(
                         str(staged / script), str(staged / artifacts.JOBS_ZIP), args, conf=conf
                     ),
@@ -173,6 +179,25 @@ class EmrBackend:
             "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, token, basis),
         }
 
+    def plan_refit(self, jobs, *, dag_id: str, run_id: str, token: str) -> dict[str, Any]:
+        """Stage the code (no weights: a refit reads features) and plan the refit's cluster."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from fruits_pipeline import emr_config
+
+        client = S3Hook(aws_conn_id=self.settings.aws_conn_id, region_name=self.emr.region)
+        files = artifacts.artifact_files(REPO_ROOT, None)
+        prefix = artifacts.stage_to_s3(
+            client.get_conn(), self.settings.lake, files, kms_key_id=self.emr.kms_key_id
+        )
+        return {
+            "job_flow_overrides": emr_config.job_flow_overrides(
+                self.emr, self.settings.lake, artifacts_prefix=prefix, dag_id=dag_id,
+                run_id=run_id, partition=lease.REFIT, token=token,
+            ),  # fmt: skip
+            "steps": emr_config.job_steps(jobs, prefix, lease.REFIT),
+        }
+
     def _aws(self) -> dict[str, Any]:
         return {"aws_conn_id": self.settings.aws_conn_id, "region_name": self.emr.region}
 
@@ -183,8 +208,10 @@ class EmrBackend:
         from fruits_pipeline.emr_config import ACTIVE_STATES, RUN_TOKEN_TAG, cluster_name_prefix
 
         client = EmrHook(**self._aws()).conn
-        # Only this day's clusters are described (the role may describe no other cluster).
-        prefix = cluster_name_prefix(date.fromisoformat(partition))
+        # Only this day's (or the refit's) clusters are described.
+        prefix = cluster_name_prefix(
+            partition if partition == lease.REFIT else date.fromisoformat(partition)
+        )
         for page in client.get_paginator("list_clusters").paginate(
             ClusterStates=list(ACTIVE_STATES)
         ):

@@ -51,6 +51,12 @@ def manifest(storage: LakeStorage, lake: Lake, basis_id: str) -> dict | None:
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
+def day_basis(storage: LakeStorage, lake: Lake, dt: date) -> str | None:
+    """The basis a published day is in (its manifest's), None without one."""
+    uri = lake.manifest(dt)
+    return json.loads(storage.read_bytes(uri)).get("basis") if storage.exists(uri) else None
+
+
 def bases(storage: LakeStorage, lake: Lake) -> list[dict]:
     """Every complete basis of the lake, oldest first, with `current` set on the current one."""
     found = current(storage, lake)

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -353,6 +354,12 @@ def airflow_env(home: Path, lake: Path, weights: str) -> dict[str, str]:
 
 
 def run_dag(env: dict[str, str], dt: date, extra_conf: dict | None = None) -> int:
+    conf = {"partition_date": dt.isoformat(), **(extra_conf or {})}
+    return dags_test(env, "fruits_features", conf)
+
+
+def dags_test(env: dict[str, str], dag_id: str, conf: dict) -> int:
+    """`airflow dags test` of `dag_id` with `conf`, after creating the throwaway database."""
     airflow = str(Path(sys.executable).with_name("airflow"))
     migrate = subprocess.run(
         [airflow, "db", "migrate"], env=env, capture_output=True, text=True, check=False
@@ -361,9 +368,8 @@ def run_dag(env: dict[str, str], dt: date, extra_conf: dict | None = None) -> in
         print(migrate.stdout[-3000:] + migrate.stderr[-3000:], file=sys.stderr)
         print(f"`airflow db migrate` failed (exit {migrate.returncode})", file=sys.stderr)
         return migrate.returncode
-    conf = json.dumps({"partition_date": dt.isoformat(), **(extra_conf or {})})
     return subprocess.run(
-        [airflow, "dags", "test", "fruits_features", "--conf", conf], env=env, check=False
+        [airflow, "dags", "test", dag_id, "--conf", json.dumps(conf)], env=env, check=False
     ).returncode
 
 
@@ -419,7 +425,7 @@ def stop_watchdog(record: dict[str, Any] | None, home: Path) -> None:
     Path(tempfile.gettempdir(), f"{home.name}.watchdog.log").unlink(missing_ok=True)
 
 
-def task_durations(home: Path) -> dict[str, float]:
+def task_durations(home: Path, dag_id: str) -> dict[str, float]:
     """Seconds each task of the (only) run took, from the throwaway metadata database."""
     database = home / "airflow.db"
     if not database.is_file():
@@ -427,8 +433,9 @@ def task_durations(home: Path) -> dict[str, float]:
     with closing(sqlite3.connect(database)) as connection:
         rows = connection.execute(
             "SELECT task_id, (julianday(end_date) - julianday(start_date)) * 86400 "
-            "FROM task_instance WHERE dag_id = 'fruits_features' AND start_date IS NOT NULL "
-            "AND end_date IS NOT NULL"
+            "FROM task_instance WHERE dag_id = ? AND start_date IS NOT NULL "
+            "AND end_date IS NOT NULL",
+            (dag_id,),
         ).fetchall()
     return {task_id: round(seconds, 1) for task_id, seconds in rows}
 
@@ -497,6 +504,33 @@ def main(argv: list[str] | None = None) -> int:
         print("make demo: interrupted before the run: no copy was left half-done", file=sys.stderr)
         return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
     lake, dt = plan.lake, plan.dt
+    outcome = run_throwaway(lake, weights, "fruits_features", lambda env: run_dag(env, dt))
+    if outcome.interrupted:
+        print(
+            f"\nresult:   {outcome.interrupted.upper()} dt={dt}: not published; Airflow and its "
+            f"Spark cluster were stopped, {outcome.home} removed",
+            file=sys.stderr,
+        )
+        return outcome.code
+    print("\n" + summary(lake, dt, weights, images, outcome.seconds, outcome.code))
+    if outcome.durations:
+        print(timings_line(outcome.durations))
+    return outcome.code
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    interrupted: str | None  # "interrupted" (Ctrl-C) or "terminated" (SIGTERM, SIGHUP)
+    durations: dict[str, float]  # seconds per task
+    seconds: float
+    home: Path
+
+
+def run_throwaway(lake: Lake, weights: str, dag_id: str, run: Callable[[dict], int]) -> Outcome:
+    """`run(env)` (an `airflow dags test`) under a throwaway AIRFLOW_HOME, with the local
+    backend and the lake; whatever ends it, its Airflow and clusters are stopped and the home
+    removed (also by the detached watchdog, should this process be killed)."""
     # Out of the repository, a fresh name: created only once the watchdog that removes it runs.
     home = Path(tempfile.gettempdir()) / f"{HOME_PREFIX}{uuid.uuid4().hex[:12]}"
     env = airflow_env(home, Path(lake.root), weights)
@@ -509,31 +543,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         watchdog = spawn_watchdog(home, state_dir)
         home.mkdir(mode=0o700)
-        print(f"airflow:  throwaway AIRFLOW_HOME {home} (removed when the demo ends)", flush=True)
-        code = run_dag(env, dt)
-        durations = task_durations(home)
+        print(f"airflow:  throwaway AIRFLOW_HOME {home} (removed when the run ends)", flush=True)
+        code = run(env)
+        durations = task_durations(home, dag_id)
     except KeyboardInterrupt:
         code, interrupted = 130, "interrupted"
-    except SystemExit as exc:  # SIGTERM or SIGHUP, see _exit_on_signal
+    except SystemExit as exc:  # SIGTERM or SIGHUP, see exit_on_signal
         code = exc.code if isinstance(exc.code, int) else 1
         interrupted = "terminated"
     finally:
         cleanup(home, state_dir)
         stop_watchdog(watchdog, home)
-    if interrupted:
-        print(
-            f"\nresult:   {interrupted.upper()} dt={dt}: not published; Airflow and its Spark "
-            f"cluster were stopped, {home} removed",
-            file=sys.stderr,
-        )
-        return code
-    print("\n" + summary(lake, dt, weights, images, time.time() - started, code))
-    if durations:
-        print(timings_line(durations))
-    return code
+    return Outcome(code, interrupted, durations, time.time() - started, home)
 
 
-def _exit_on_signal(signum: int, _frame: Any) -> None:
+def exit_on_signal(signum: int, _frame: Any) -> None:
     """SIGTERM and SIGHUP end the demo as Ctrl-C does: through its cleanup."""
     raise SystemExit(128 + signum)
 
@@ -544,6 +568,6 @@ if __name__ == "__main__":
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the demo's to handle
         watch(json.loads(owner_json), Path(home_dir), Path(clusters_dir))
         sys.exit(0)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    signal.signal(signal.SIGHUP, exit_on_signal)
     sys.exit(main())

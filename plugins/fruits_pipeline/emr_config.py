@@ -131,11 +131,12 @@ def job_flow_overrides(
     artifacts_prefix: str,
     dag_id: str,
     run_id: str,
-    partition: date,
+    partition: date | str,
     token: str,
 ) -> dict:
-    """RunJobFlow request of the transient cluster that processes one partition; its
-    `run_token` tag tells the day's lease that the run is alive."""
+    """RunJobFlow request of the transient cluster that processes one partition (or, with
+    partition "refit", refits the basis); its `run_token` tag tells the lease that the run is
+    alive."""
     _check_emr_locations(lake, artifacts_prefix)
     overrides = {
         "Name": f"{cluster_name_prefix(partition)}{dag_id}"[:_CLUSTER_NAME_MAX],
@@ -204,7 +205,7 @@ def job_flow_overrides(
             {"Key": "project", "Value": "fruits"},
             {"Key": "dag_id", "Value": _tag_value(dag_id)},
             {"Key": "dag_run", "Value": _tag_value(run_id)},
-            {"Key": "partition", "Value": partition.isoformat()},
+            {"Key": "partition", "Value": _key_value(partition)},
             {"Key": RUN_TOKEN_TAG, "Value": token},
         ],
         "JobFlowRole": settings.instance_profile,
@@ -216,9 +217,14 @@ def job_flow_overrides(
     return overrides
 
 
-def cluster_name_prefix(partition: date) -> str:
-    """How the names of a day's clusters start (`dt=2026-01-02 fruits_features`)."""
-    return f"dt={partition.isoformat()} "
+def cluster_name_prefix(partition: date | str) -> str:
+    """How the names of a day's clusters start (`dt=2026-01-02 fruits_features`; a refit's:
+    `refit fruits_pca_basis`)."""
+    return f"dt={partition.isoformat()} " if isinstance(partition, date) else f"{partition} "
+
+
+def _key_value(partition: date | str) -> str:
+    return partition.isoformat() if isinstance(partition, date) else partition
 
 
 def emr_steps(
@@ -228,7 +234,6 @@ def emr_steps(
     _check_emr_locations(lake, artifacts_prefix)
     weights_name = weights_artifact_name(params.weights)
     weights = f"{artifacts_prefix}/{weights_name}" if weights_name else params.weights
-    py_files = f"{artifacts_prefix}/{JOBS_ZIP}"
     jobs = run_jobs(
         lake,
         dt,
@@ -239,9 +244,17 @@ def emr_steps(
         variance=params.variance,
         k=params.k,
     )
+    return job_steps(jobs, artifacts_prefix, f"dt={dt.isoformat()}")
+
+
+def job_steps(
+    jobs: list[tuple[str, str, list[str]]], artifacts_prefix: str, label: str
+) -> list[dict]:
+    """EMR steps running `jobs` (name, entry script, arguments) from the staged code."""
+    py_files = f"{artifacts_prefix}/{JOBS_ZIP}"
     return [
         emr_step(
-            f"{job} dt={dt.isoformat()}",
+            f"{job} {label}",
             spark_submit_args(
                 f"{artifacts_prefix}/{script}", py_files, args, deploy_mode="cluster"
             ),

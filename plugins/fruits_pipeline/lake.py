@@ -20,6 +20,7 @@ _DIGEST = re.compile(r"[0-9a-f]+")
 _RUN_TOKEN = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 # What downstream reads, all days as one table: `table(name)`.
 PUBLISHED_TABLES = ("features", "errors", "reduced")
+SUCCESS = "_SUCCESS"  # in reports/dt=D/: the day is published
 
 
 def _split(location: str) -> tuple[str, tuple[str, ...]]:
@@ -97,7 +98,7 @@ class Lake:
         """Every published day of a dataset as one table (hive partitions ``dt=YYYY-MM-DD``)."""
         if dataset not in PUBLISHED_TABLES:
             raise ValueError(f"not a published table: {dataset!r} (one of {PUBLISHED_TABLES})")
-        return f"{self.root}/{dataset}"
+        return self.days_of(dataset)
 
     # The outputs of a day. With `run`, the run's private staging copy: its steps write there,
     # and only the holder of the day's lease moves it into place (see `published_outputs`).
@@ -143,8 +144,23 @@ class Lake:
         """Folder of the day's lease records: one writer per day (see lease.py)."""
         return self._partition("leases", dt)
 
+    def refit_lease(self) -> str:
+        """Folder of the lake-wide lease a refit of the PCA basis holds (see lease.py)."""
+        return f"{self.root}/leases/refit"
+
+    def refit_staging(self, run: str) -> str:
+        """A refit's private folder: its reprojected days (`reduced/dt=D/`, `reports/dt=D/`)
+        until it switches them in, and the days it replaced (`previous/`) until it succeeded."""
+        return f"{self.root}/staging/refits/{self._checked_run(run)}"
+
+    def days_of(self, dataset: str) -> str:
+        """The folder holding a dataset's `dt=D/` partitions (to list the days it has)."""
+        if dataset not in (*PUBLISHED_TABLES, "reports", "leases"):
+            raise ValueError(f"not a dataset partitioned by day: {dataset!r}")
+        return f"{self.root}/{dataset}"
+
     def success_marker(self, dt: date) -> str:
-        return f"{self.report(dt)}/_SUCCESS"
+        return f"{self.report(dt)}/{SUCCESS}"
 
     def artifacts(self, digest: str) -> str:
         """Folder of the staged code whose content digest is ``digest``."""

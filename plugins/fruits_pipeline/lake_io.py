@@ -43,8 +43,16 @@ class LakeStorage(Protocol):
 
         Readers of `target` may find it empty for a moment, never a mix of the two."""
 
+    def copy_folder(self, source: str, target: str) -> None:
+        """Copy every file below `source` to the same place below `target`, bytes unchanged."""
+
     def delete_folder(self, uri: str) -> None:
         """Delete everything below `uri`; no error when there is nothing."""
+
+
+def _checksum_of(path: Path) -> Path:
+    """The checksum file Hadoop's local file system keeps beside a file it wrote."""
+    return path.with_name(f".{path.name}.crc")
 
 
 class LocalLakeStorage:
@@ -63,9 +71,13 @@ class LocalLakeStorage:
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         partial.write_bytes(data)
         os.replace(partial, path)
+        # Hadoop's checksum of a file Spark wrote no longer matches: a later Spark read of it
+        # would fail (ChecksumException). Without one, Hadoop reads it unchecked.
+        _checksum_of(path).unlink(missing_ok=True)
 
     def delete(self, uri: str) -> None:
         Path(uri).unlink(missing_ok=True)
+        _checksum_of(Path(uri)).unlink(missing_ok=True)
 
     def exists(self, uri: str) -> bool:
         return Path(uri).exists()
@@ -100,6 +112,10 @@ class LocalLakeStorage:
         if source_path.exists():
             os.rename(source_path, target_path)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def copy_folder(self, source: str, target: str) -> None:
+        if Path(source).is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
 
     def delete_folder(self, uri: str) -> None:
         shutil.rmtree(uri, ignore_errors=True)
@@ -176,9 +192,13 @@ class S3LakeStorage:
     def replace_folder(self, source: str, target: str) -> None:
         # S3 has no rename: the old objects go first, so readers never see two runs' rows mixed;
         # then the new ones are copied in (server-side) and the staged ones removed.
+        self.delete_folder(target)
+        self.copy_folder(source, target)
+        self.delete_folder(source)
+
+    def copy_folder(self, source: str, target: str) -> None:
         source_prefix = self._key(source).rstrip("/") + "/"
         target_prefix = self._key(target).rstrip("/") + "/"
-        self.delete_folder(target)
         for name in self.list_files(source):
             self.client.copy(
                 {"Bucket": self.lake.bucket, "Key": source_prefix + name},
@@ -186,7 +206,6 @@ class S3LakeStorage:
                 target_prefix + name,
                 ExtraArgs=self.encryption,
             )
-        self.delete_folder(source)
 
     def delete_folder(self, uri: str) -> None:
         prefix = self._key(uri).rstrip("/") + "/"

@@ -13,6 +13,12 @@ its holder is known dead: past `grace_until` (time enough to create a cluster) w
 cluster carrying its token.
 A run finding it held fails at once, naming the holder: waiting would hold a worker slot for a
 run that may take an hour, and a rerun is one click once the holder is done.
+
+A refit of the PCA basis (fruits_pca_basis) rewrites every published day, so it holds the lake's
+`REFIT` lease (`leases/refit/`) and the lease of every day it moves. A daily run takes its day's
+lease and then looks at the refit lease: held, it gives its day back and fails at once. Both
+sides take their own lease before looking at the other's, so of a daily run and a refit starting
+together at least one sees the other.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
 
 RELEASED = ".released"
+REFIT = "refit"  # the key of the lake-wide lease a refit holds (the others are days)
+LeaseKey = date | str
 
 
 class LeaseHeld(RuntimeError):
@@ -61,11 +69,23 @@ def new_run_token(now: datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
 
 
-def _log(storage: LakeStorage, lake: Lake, dt: date) -> RecordLog:
-    return RecordLog(storage, lake.lease(dt))
+def _log(storage: LakeStorage, lake: Lake, key: LeaseKey) -> RecordLog:
+    return RecordLog(storage, lake.lease(key) if isinstance(key, date) else lake.refit_lease())
 
 
-def current(storage: LakeStorage, lake: Lake, dt: date) -> tuple[Lease, bool] | None:
+def key_name(key: LeaseKey) -> str:
+    return f"dt={key.isoformat()}" if isinstance(key, date) else "the PCA basis (refit)"
+
+
+def _key_value(key: LeaseKey) -> str:
+    if isinstance(key, date):
+        return key.isoformat()
+    if key != REFIT:
+        raise ValueError(f"a lease is a day's or {REFIT!r}, not {key!r}")
+    return key
+
+
+def current(storage: LakeStorage, lake: Lake, dt: LeaseKey) -> tuple[Lease, bool] | None:
     """The newest lease record of the day and whether it was released; None when none."""
     log = _log(storage, lake, dt)
     latest = log.latest()
@@ -93,7 +113,7 @@ def why_free(
 def acquire(
     storage: LakeStorage,
     lake: Lake,
-    dt: date,
+    dt: LeaseKey,
     *,
     token: str,
     dag_id: str,
@@ -103,7 +123,8 @@ def acquire(
     ttl_s: float,
     now: datetime | None = None,
 ) -> Lease:
-    """Take the day's lease for the run `token`, or raise LeaseHeld naming the holder."""
+    """Take the day's (or the refit's) lease for the run `token`, or raise LeaseHeld naming
+    the holder."""
     now = now or datetime.now(UTC)
     found = current(storage, lake, dt)
     taken_over = None
@@ -114,7 +135,7 @@ def acquire(
             raise LeaseHeld(_held_message(dt, held))
         taken_over = (held, reason)
     lease = Lease(
-        partition=dt.isoformat(),
+        partition=_key_value(dt),
         generation=found[0].generation + 1 if found else 1,
         token=token,
         dag_id=dag_id,
@@ -129,24 +150,51 @@ def acquire(
         raise LeaseHeld(_held_message(dt, Lease(**log.read(lease.generation))))
     if taken_over is not None:
         held, reason = taken_over
-        print(f"Took over the lease of dt={dt.isoformat()} from {held.describe()}: {reason}")
+        print(f"Took over the lease of {key_name(dt)} from {held.describe()}: {reason}")
     log.prune(below=lease.generation - 1, suffixes=(RELEASED,))
     return lease
 
 
-def check_held(storage: LakeStorage, lake: Lake, dt: date, token: str) -> Lease:
+def holder(
+    storage: LakeStorage,
+    lake: Lake,
+    key: LeaseKey,
+    holder_alive: Callable[[str, str], bool],
+    now: datetime | None = None,
+) -> Lease | None:
+    """The lease of `key` while it protects its holder's writes; None when it is free."""
+    found = current(storage, lake, key)
+    if found is None or why_free(*found, now or datetime.now(UTC), holder_alive) is not None:
+        return None
+    return found[0]
+
+
+def check_no_refit(
+    storage: LakeStorage, lake: Lake, dt: date, holder_alive: Callable[[str, str], bool]
+) -> None:
+    """Called by a daily run holding its day's lease: fail while a refit moves the history."""
+    refit = holder(storage, lake, REFIT, holder_alive)
+    if refit is not None:
+        raise LeaseHeld(
+            f"the PCA basis is being refit by {refit.describe()}: while it moves every day "
+            f"into the new basis no daily run publishes. This run stops without touching "
+            f"dt={dt.isoformat()}; rerun it once the refit has ended."
+        )
+
+
+def check_held(storage: LakeStorage, lake: Lake, dt: LeaseKey, token: str) -> Lease:
     """The run's lease, if it still holds it; else LeaseLost naming who does."""
     found = current(storage, lake, dt)
     if found is None or found[0].token != token or found[1]:
-        holder = "nobody" if found is None else found[0].describe()
+        holding = "nobody" if found is None else found[0].describe()
         raise LeaseLost(
-            f"run {token} no longer holds the lease of dt={dt.isoformat()} (now: {holder}); "
+            f"run {token} no longer holds the lease of {key_name(dt)} (now: {holding}); "
             "it publishes nothing"
         )
     return found[0]
 
 
-def release(storage: LakeStorage, lake: Lake, dt: date, token: str) -> bool:
+def release(storage: LakeStorage, lake: Lake, dt: LeaseKey, token: str) -> bool:
     """Release the run's lease; False (and nothing written) when it is not the holder."""
     found = current(storage, lake, dt)
     if found is None or found[0].token != token:
@@ -155,7 +203,12 @@ def release(storage: LakeStorage, lake: Lake, dt: date, token: str) -> bool:
     return True
 
 
-def _held_message(dt: date, lease: Lease) -> str:
+def _held_message(dt: LeaseKey, lease: Lease) -> str:
+    if not isinstance(dt, date):
+        return (
+            f"{key_name(dt)} is being written by {lease.describe()}: one refit at a time. "
+            "This run stops without touching the lake; rerun it once that run has ended."
+        )
     return (
         f"dt={dt.isoformat()} is being written by {lease.describe()}: one run per day at a "
         "time. This run stops without touching the day; rerun it once that run has ended."

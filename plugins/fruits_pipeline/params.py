@@ -155,6 +155,39 @@ def dag_params(default_weights: str = DEFAULT_WEIGHTS) -> dict:
     }
 
 
+def refit_dag_params() -> dict:
+    """The trigger form of `fruits_pca_basis`, as ``airflow.sdk.Param`` objects."""
+    from airflow.sdk import Param
+
+    from fruits_pipeline import refit
+
+    return {
+        "from_date": Param(
+            None, type=["null", "string"], format="date", title="From date",
+            description="First day of the fit window (with To date). Empty: the last N days.",
+        ),
+        "to_date": Param(
+            None, type=["null", "string"], format="date", title="To date",
+            description="Last day of the fit window, included.",
+        ),
+        "last_days": Param(
+            refit.DEFAULT_LAST_DAYS, type=["null", "integer"], minimum=1, maximum=3660,
+            title="Or the last N days",
+            description="Without dates: the window is the N days ending yesterday (UTC).",
+        ),
+        "variance": Param(
+            DEFAULT_VARIANCE, type="number", exclusiveMinimum=0, maximum=1,
+            title="Explained variance",
+            description="The new basis keeps the fewest components explaining this share.",
+        ),
+        "k": Param(
+            None, type=["null", "integer"], minimum=1, maximum=MAX_K,
+            title="Number of components",
+            description="A fixed number of components instead, overriding the variance.",
+        ),
+    }  # fmt: skip
+
+
 def _number(raw: Mapping[str, Any], name: str, default: float) -> float:
     value = raw.get(name)
     if value is None:

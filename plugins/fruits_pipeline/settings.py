@@ -16,6 +16,7 @@ deployment. EMR-specific ones (`FRUITS_EMR_*`) are read by `emr_config.EmrSettin
 | FRUITS_LOCAL_IDLE_TIMEOUT_S | local backend: a cluster with no step for this long stops | 1800 |
 | FRUITS_LEASE_GRACE_S | a day's lease whose run has no live cluster after this long is free | 900 |
 | FRUITS_LEASE_TTL_S | a lease expires this long after it was taken, whatever its run | 43200 |
+| FRUITS_REFIT_SCHEDULE | cron (UTC) of `fruits_pca_basis`, or `off` | 0 6 * * 0 (Sundays 06:00) |
 
 Default weights: ../shared's ImageNet weights file when it is beside the repository, else
 `imagenet` (Keras downloads them; on EMR nodes with internet access).
@@ -38,6 +39,10 @@ BACKENDS = ("local", "emr")
 _DAILY_AT = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
 
+# Weekly, after the daily run (FRUITS_DAILY_AT) has long finished.
+DEFAULT_REFIT_SCHEDULE = "0 6 * * 0"
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     backend: str
@@ -50,6 +55,7 @@ class PipelineSettings:
     local_idle_timeout_s: float
     lease_grace_s: float
     lease_ttl_s: float
+    refit_schedule: str | None  # None: manual runs only
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
@@ -71,6 +77,12 @@ class PipelineSettings:
                 f"FRUITS_LEASE_TTL_S ({lease_ttl_s}) must be longer than FRUITS_LEASE_GRACE_S "
                 f"({lease_grace_s})"
             )
+        refit_schedule = env.get("FRUITS_REFIT_SCHEDULE", DEFAULT_REFIT_SCHEDULE).strip()
+        if refit_schedule != "off" and len(refit_schedule.split()) != 5:
+            raise ValueError(
+                "FRUITS_REFIT_SCHEDULE must be a cron expression of 5 fields (UTC) or 'off', "
+                f"got {refit_schedule!r}"
+            )
         default_weights = env.get("FRUITS_WEIGHTS") or (
             str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "imagenet"
         )
@@ -85,6 +97,7 @@ class PipelineSettings:
             local_idle_timeout_s=idle_timeout_s,
             lease_grace_s=lease_grace_s,
             lease_ttl_s=lease_ttl_s,
+            refit_schedule=None if refit_schedule == "off" else refit_schedule,
         )
 
     @property

@@ -9,6 +9,7 @@ from fruits_pipeline.lake import Lake
 
 FEATURIZE_SCRIPT = "featurize.py"
 PCA_SCRIPT = "pca.py"
+REPROJECT_SCRIPT = "reproject.py"
 # How long a PCA step waits for a basis that another run is still fitting: that run's length.
 BASIS_WAIT_S = 3600
 

@@ -96,6 +96,7 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
     )
     print(f"Holding the lease of dt={dt.isoformat()}: {held.describe()}")
     try:
+        lease.check_no_refit(storage, settings.lake, dt, backend.run_alive)
         # What earlier runs staged and never published: theirs were killed or failed.
         storage.delete_folder(settings.lake.staging(dt))
         params = _run_params(run)

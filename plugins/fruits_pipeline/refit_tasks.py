@@ -1,0 +1,151 @@
+"""The Airflow-side tasks of `fruits_pca_basis`: thin wrappers over refit.py.
+
+`check_window` skips the run when no published day falls in the window; `take_leases` takes the
+refit lease and every day's, and plans the cluster's two steps (fit, reproject); `switch_basis`
+moves every day into the new basis, then makes it current; `restore_and_release` (the last
+teardown) puts the days back if the basis did not become current, then releases the leases.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime
+from typing import Any
+
+from airflow.sdk import Asset, get_current_context, task
+
+from fruits_pipeline import basis, lease, refit
+from fruits_pipeline.settings import PipelineSettings
+from fruits_pipeline.tasks import RELEASE_POLL_S, RELEASE_WAIT_S, _storage
+
+SETTINGS = PipelineSettings.from_env()
+PCA_BASIS = Asset(
+    name="fruits_pca_basis",
+    uri=SETTINGS.lake.current_basis()
+    if SETTINGS.lake.is_s3
+    else f"file://{SETTINGS.lake.current_basis()}",
+)
+
+
+def _window(params: refit.RefitParams, days: list[date]) -> list[date]:
+    return [dt for dt in days if params.first <= dt <= params.last]
+
+
+def _params() -> refit.RefitParams:
+    context = get_current_context()
+    moment = context.get("logical_date") or datetime.now(UTC)
+    return refit.validate_refit_params(dict(context["params"]), moment.astimezone(UTC).date())
+
+
+@task.short_circuit
+def check_window() -> dict[str, Any] | None:
+    """Validate the form; none of the window's days published: skip, no cluster."""
+    params = _params()
+    settings = PipelineSettings.from_env()
+    days = _window(params, refit.published_days(_storage(settings), settings.lake))
+    print(f"Fit window {params.first} .. {params.last}: {len(days)} published days")
+    if not days:
+        print("No published day in the window: every later task is skipped.")
+        return None
+    return {"first": params.first.isoformat(), "last": params.last.isoformat()}
+
+
+@task(multiple_outputs=True)
+def take_leases(window: dict[str, Any]) -> dict[str, Any]:
+    """Take the refit lease and every day's, then plan the fit and reprojection steps."""
+    from fruits_pipeline.backends import backend_for
+
+    context = get_current_context()
+    params = _params()
+    settings = PipelineSettings.from_env()
+    storage, backend = _storage(settings), backend_for(settings)
+    token = lease.new_run_token()
+    leased = refit.take_leases(
+        storage, settings.lake, token=token, dag_id=context["dag"].dag_id,
+        run_id=context["run_id"], holder_alive=backend.run_alive,
+        grace_s=settings.lease_grace_s, ttl_s=settings.lease_ttl_s,
+    )  # fmt: skip
+    try:
+        moved = refit.published_days(storage, settings.lake)
+        fitted = _window(params, moved)
+        if not fitted:
+            raise ValueError(f"no published day left in {params.first} .. {params.last}")
+        found = basis.current(storage, settings.lake)
+        new_basis = refit.basis_files.new_basis_id()
+        jobs = refit.refit_jobs(
+            settings.lake, token, basis_id=new_basis, fit_days=fitted, moved_days=moved,
+            variance=params.variance, k=params.k,
+        )  # fmt: skip
+        plan = backend.plan_refit(
+            jobs, dag_id=context["dag"].dag_id, run_id=context["run_id"], token=token
+        )
+    except BaseException:
+        refit.release_leases(storage, settings.lake, token, [lease.REFIT, *leased])
+        raise
+    print(f"Refit {new_basis}: fit on {len(fitted)} days, {len(moved)} days to move")
+    return {
+        **plan,
+        "token": token,
+        "basis": new_basis,
+        "after": found[0] if found else None,
+        "fitted": [dt.isoformat() for dt in fitted],
+        "moved": [dt.isoformat() for dt in moved],
+        "leased": [dt.isoformat() for dt in leased],
+    }
+
+
+def _days(values: list[str]) -> list[date]:
+    return [date.fromisoformat(value) for value in values]
+
+
+@task
+def validate_refit(token: str, new_basis: str, moved: list[str]) -> dict[str, Any]:
+    settings = PipelineSettings.from_env()
+    summary = refit.validate_refit(
+        _storage(settings), settings.lake, token, new_basis, _days(moved)
+    )
+    print(f"Refit valid: {summary}")
+    return summary
+
+
+@task(outlets=[PCA_BASIS])
+def switch_basis(token: str, new_basis: str, moved: list[str], after: int | None, summary):
+    """Move every day into the new basis, then make it current."""
+    context = get_current_context()
+    settings = PipelineSettings.from_env()
+    generation = refit.switch(
+        _storage(settings), settings.lake, token, basis_id=new_basis, days=_days(moved),
+        after=after,
+    )  # fmt: skip
+    context["outlet_events"][PCA_BASIS].extra = {
+        "basis": new_basis,
+        "generation": generation,
+        "k": summary["k"],
+        "days": len(moved),
+    }
+    print(f"Basis {new_basis} is current (generation {generation}); {len(moved)} days moved")
+
+
+@task
+def restore_and_release(token: str, new_basis: str, leased: list[str], moved: list[str]):
+    """The last teardown: once the cluster is gone, put the days back unless the new basis is
+    current, then release every lease."""
+    from fruits_pipeline.backends import backend_for
+
+    settings = PipelineSettings.from_env()
+    storage, backend = _storage(settings), backend_for(settings)
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while backend.run_alive(token, lease.REFIT):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the refit cluster of run {token} is still alive {RELEASE_WAIT_S} s after its "
+                "termination: the leases are kept until it ends"
+            )
+        time.sleep(RELEASE_POLL_S)
+    restored = refit.restore_unless_current(
+        storage, settings.lake, token, basis_id=new_basis, days=_days(moved)
+    )
+    if restored:
+        print(f"The refit did not complete: {len(restored)} days restored in their old basis")
+    refit.release_leases(storage, settings.lake, token, [lease.REFIT, *_days(leased)])
+    print("Released the refit's leases")

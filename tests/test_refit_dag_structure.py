@@ -1,0 +1,131 @@
+"""The `fruits_pca_basis` DAG as Airflow parses it: no Spark, no run, no metadata database.
+
+Import errors, no TensorFlow nor PySpark at parse time, the task graph with its setups and
+teardowns, the schedule from FRUITS_REFIT_SCHEDULE (or none), and the trigger form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.timetables.trigger import CronTriggerTimetable
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_FILE = REPO / "dags" / "fruits_pca_basis.py"
+DAG_ID = "fruits_pca_basis"
+
+EDGES = {
+    "check_window": (set(), {"take_leases"}),
+    "take_leases": (
+        {"check_window"},
+        {"create_cluster", "add_steps", "validate_refit", "switch_basis", "restore_and_release"},
+    ),
+    "create_cluster": (
+        {"take_leases"},
+        {"add_steps", "watch_fit", "watch_reproject", "terminate_cluster"},
+    ),
+    "add_steps": ({"take_leases", "create_cluster"}, {"watch_fit"}),
+    "watch_fit": ({"add_steps", "create_cluster"}, {"watch_reproject"}),
+    "watch_reproject": ({"watch_fit", "create_cluster"}, {"validate_refit"}),
+    "validate_refit": ({"watch_reproject", "take_leases"}, {"switch_basis"}),
+    "switch_basis": ({"validate_refit", "take_leases"}, {"terminate_cluster"}),
+    "terminate_cluster": ({"create_cluster", "switch_basis"}, {"restore_and_release"}),
+    "restore_and_release": ({"take_leases", "terminate_cluster"}, set()),
+}
+
+
+def env_for(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
+    lake = "s3://fruits-test-lake/prod" if backend == "emr" else str(tmp_path / "lake")
+    return {"FRUITS_BACKEND": backend, "FRUITS_LAKE_ROOT": lake,
+            "FRUITS_LOCAL_STATE_DIR": str(tmp_path / "clusters"), "FRUITS_WEIGHTS": "random",
+            **extra}  # fmt: skip
+
+
+def parse(env: dict[str, str]):
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("FRUITS_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        bag = DagBag(dag_folder=DAG_FILE, bundle_name="fruits-tests", safe_mode=True)
+    return bag, bag.dags.get(DAG_ID)
+
+
+@pytest.mark.parametrize("backend", ["local", "emr"])
+def test_the_refit_dag_is_its_steps_with_setups_and_teardowns(tmp_path, backend):
+    bag, dag = parse(env_for(tmp_path, backend))
+    assert (bag.import_errors, bag.captured_warnings, bag.dag_ids) == ({}, {}, [DAG_ID])
+    assert {
+        task.task_id: (set(task.upstream_task_ids), set(task.downstream_task_ids))
+        for task in dag.tasks
+    } == EDGES
+    assert {t.task_id for t in dag.tasks if t.is_setup} == {"take_leases", "create_cluster"}
+    teardowns = {t.task_id for t in dag.tasks if t.is_teardown}
+    assert teardowns == {"terminate_cluster", "restore_and_release"}
+    release = dag.get_task("restore_and_release")
+    assert release.trigger_rule == "all_done_setup_success" and release.on_failure_fail_dagrun
+    assert {task.task_id for task in dag.leaves} == {"restore_and_release"}
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert set(dag.tags) == {"fruits", "pca", "spark", backend}
+    assert dag.params.dump() == {
+        "from_date": None, "to_date": None, "last_days": 30, "variance": 0.95, "k": None,
+    }  # fmt: skip
+    for name in dag.params:
+        assert dag.params.get_param(name).description.strip(), name
+
+
+@pytest.mark.parametrize(
+    ("schedule", "timetable"),
+    [
+        (None, CronTriggerTimetable("0 6 * * 0", timezone="UTC")),
+        ("30 4 1 * *", CronTriggerTimetable("30 4 1 * *", timezone="UTC")),
+        ("off", None),
+    ],
+)
+def test_the_refit_runs_weekly_unless_told_otherwise(tmp_path, schedule, timetable):
+    extra = {} if schedule is None else {"FRUITS_REFIT_SCHEDULE": schedule}
+    _, dag = parse(env_for(tmp_path, "local", **extra))
+    if timetable is None:
+        assert type(dag.timetable).__name__ == "NullTimetable"  # manual runs only
+    else:
+        assert dag.timetable == timetable
+
+
+def test_a_bad_refit_schedule_is_refused_naming_it():
+    from fruits_pipeline.settings import PipelineSettings
+
+    with pytest.raises(ValueError, match="FRUITS_REFIT_SCHEDULE must be a cron expression"):
+        PipelineSettings.from_env({"FRUITS_REFIT_SCHEDULE": "weekly"})
+
+
+def test_parsing_the_refit_dag_imports_neither_tensorflow_nor_pyspark(tmp_path):
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FRUITS_", "AIRFLOW", "PYSPARK", "SPARK"))
+    }
+    env |= env_for(tmp_path, "emr") | {
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+    }
+    probe = (
+        "import importlib.util, json, sys\n"
+        "spec = importlib.util.spec_from_file_location('refit_dag', sys.argv[1])\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "names = {n.split('.')[0] for n in sys.modules}\n"
+        "heavy = sorted(names & {'tensorflow', 'pyspark', 'keras'})\n"
+        "print(json.dumps({'heavy': heavy, 'dag_id': module.dag.dag_id}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(DAG_FILE)], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"heavy": [], "dag_id": DAG_ID}
