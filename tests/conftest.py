@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,41 @@ def spark():
     session = spark_session("fruits-tests", "local[2]")
     yield session
     session.stop()
+
+
+_CONDITIONAL_PUT = threading.Lock()
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake_and_storage(request, tmp_path, monkeypatch):
+    """A lake and its storage: a local folder, or a bucket of moto's S3."""
+    if request.param == "local":
+        from fruits_pipeline.lake import Lake
+        from fruits_pipeline.lake_io import LocalLakeStorage
+
+        yield Lake(str(tmp_path / "lake")), LocalLakeStorage()
+        return
+    import boto3
+    from moto import mock_aws
+    from moto.s3.responses import S3Response
+
+    from fruits_pipeline.lake import Lake
+    from fruits_pipeline.lake_io import S3LakeStorage
+
+    # moto checks If-None-Match, then stores: threads can interleave the two and both win.
+    # S3 makes a conditional PUT atomic; so does this lock.
+    put_object = S3Response.put_object
+
+    def atomic_put_object(self):
+        with _CONDITIONAL_PUT:
+            return put_object(self)
+
+    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
+    with mock_aws():
+        client = boto3.client("s3", region_name="eu-west-3")
+        client.create_bucket(
+            Bucket="fruits-lake-test",
+            CreateBucketConfiguration={"LocationConstraint": "eu-west-3"},
+        )
+        lake = Lake("s3://fruits-lake-test/prod")
+        yield lake, S3LakeStorage(lake, client)

@@ -6,46 +6,15 @@ import json
 import threading
 from datetime import UTC, date, datetime, timedelta
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from fruits_pipeline import lease, validation
 from fruits_pipeline.lake import Lake
-from fruits_pipeline.lake_io import LocalLakeStorage, S3LakeStorage
+from fruits_pipeline.lake_io import LocalLakeStorage
 
 D = date(2026, 5, 4)
 T0 = datetime(2026, 5, 5, 2, 0, tzinfo=UTC)
 GRACE_S, TTL_S = 600, 3600
-
-
-_CONDITIONAL_PUT = threading.Lock()
-
-
-@pytest.fixture(params=["local", "s3"])
-def lake_and_storage(request, tmp_path, monkeypatch):
-    if request.param == "local":
-        yield Lake(str(tmp_path / "lake")), LocalLakeStorage()
-        return
-    from moto.s3.responses import S3Response
-
-    # moto checks If-None-Match, then stores: threads can interleave the two and both win.
-    # S3 makes a conditional PUT atomic; so does this lock.
-    put_object = S3Response.put_object
-
-    def atomic_put_object(self):
-        with _CONDITIONAL_PUT:
-            return put_object(self)
-
-    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
-    with mock_aws():
-        client = boto3.client("s3", region_name="eu-west-3")
-        client.create_bucket(
-            Bucket="fruits-lease-test",
-            CreateBucketConfiguration={"LocationConstraint": "eu-west-3"},
-        )
-        lake = Lake("s3://fruits-lease-test/prod")
-        yield lake, S3LakeStorage(lake, client)
 
 
 def take(lake, storage, token, *, alive=lambda token, partition: True, now=T0, run_id=None):

@@ -7,37 +7,20 @@ from __future__ import annotations
 import json
 from datetime import date
 
-import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto import mock_aws
 
 from fruits_pipeline import basis, lease, refit, validation
 from fruits_pipeline.lake import Lake
-from fruits_pipeline.lake_io import LocalLakeStorage, S3LakeStorage
+from fruits_pipeline.lake_io import LocalLakeStorage
 from spark_jobs import basis as basis_files
 
 DAYS = [date(2026, 9, day) for day in (1, 2, 3)]
 OLD, NEW = "basis-20260901T000000Z-0000000a", "basis-20260910T000000Z-0000000b"
 REFIT_RUN, DAILY_RUN = "20260910T060000Z-aaaaaaaa", "20260910T060100Z-bbbbbbbb"
 ROWS, K_OLD, K_NEW = 5, 3, 2
-
-
-@pytest.fixture(params=["local", "s3"])
-def lake_and_storage(request, tmp_path):
-    if request.param == "local":
-        yield Lake(str(tmp_path / "lake")), LocalLakeStorage()
-        return
-    with mock_aws():
-        client = boto3.client("s3", region_name="eu-west-3")
-        client.create_bucket(
-            Bucket="fruits-refit-test",
-            CreateBucketConfiguration={"LocationConstraint": "eu-west-3"},
-        )
-        lake = Lake("s3://fruits-refit-test/prod")
-        yield lake, S3LakeStorage(lake, client)
 
 
 def put_parquet(storage, uri: str, k: int, basis_id: str) -> None:
@@ -93,6 +76,19 @@ def lake_in_old_basis(lake_and_storage):
     for dt in DAYS:
         publish_day(storage, lake, dt)
     return lake, storage, generation
+
+
+@pytest.fixture
+def staged_refit(lake_in_old_basis):
+    """A refit holding its leases, its basis written, every day reprojected, nothing switched;
+    with the published days as they were before it."""
+    lake, storage, generation = lake_in_old_basis
+    before = snapshot(storage, lake)
+    take_refit_leases(lake, storage)
+    put_basis(storage, lake, NEW, K_NEW, DAYS)
+    for dt in DAYS:
+        stage_reprojection(storage, lake, dt)
+    return lake, storage, generation, before
 
 
 def snapshot(storage, lake: Lake) -> dict[str, bytes]:
@@ -220,14 +216,9 @@ def test_the_switch_moves_every_day_then_makes_the_basis_current(lake_in_old_bas
 
 
 def test_a_refit_failing_midway_through_the_switch_leaves_every_day_as_it_was(
-    lake_in_old_basis, monkeypatch
+    staged_refit, monkeypatch
 ):
-    lake, storage, generation = lake_in_old_basis
-    before = snapshot(storage, lake)
-    take_refit_leases(lake, storage)
-    put_basis(storage, lake, NEW, K_NEW, DAYS)
-    for dt in DAYS:
-        stage_reprojection(storage, lake, dt)
+    lake, storage, generation, before = staged_refit
     replaced = []
     original = storage.replace_folder
 
@@ -267,14 +258,9 @@ def test_validation_names_each_problem_of_the_fit_and_the_days(lake_in_old_basis
 
 
 def test_a_refit_dying_while_it_copies_a_day_restores_only_the_days_it_replaced(
-    lake_in_old_basis, monkeypatch
+    staged_refit, monkeypatch
 ):
-    lake, storage, generation = lake_in_old_basis
-    before = snapshot(storage, lake)
-    take_refit_leases(lake, storage)
-    put_basis(storage, lake, NEW, K_NEW, DAYS)
-    for dt in DAYS:
-        stage_reprojection(storage, lake, dt)
+    lake, storage, generation, before = staged_refit
     copies = []
     copy_folder = type(storage).copy_folder
 
