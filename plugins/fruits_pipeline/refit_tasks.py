@@ -8,7 +8,6 @@ teardown) puts the days back if the basis did not become current, then releases 
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -16,7 +15,7 @@ from airflow.sdk import Asset, get_current_context, task
 
 from fruits_pipeline import basis, lease, refit
 from fruits_pipeline.settings import PipelineSettings
-from fruits_pipeline.tasks import RELEASE_POLL_S, RELEASE_WAIT_S, _storage
+from fruits_pipeline.tasks import run_storage, wait_until_cluster_gone
 
 SETTINGS = PipelineSettings.from_env()
 PCA_BASIS = Asset(
@@ -42,7 +41,7 @@ def check_window() -> dict[str, Any] | None:
     """Validate the form; none of the window's days published: skip, no cluster."""
     params = _params()
     settings = PipelineSettings.from_env()
-    days = _window(params, refit.published_days(_storage(settings), settings.lake))
+    days = _window(params, refit.published_days(run_storage(settings), settings.lake))
     print(f"Fit window {params.first} .. {params.last}: {len(days)} published days")
     if not days:
         print("No published day in the window: every later task is skipped.")
@@ -58,7 +57,7 @@ def take_leases(window: dict[str, Any]) -> dict[str, Any]:
     context = get_current_context()
     params = _params()
     settings = PipelineSettings.from_env()
-    storage, backend = _storage(settings), backend_for(settings)
+    storage, backend = run_storage(settings), backend_for(settings)
     token = lease.new_run_token()
     leased = refit.take_leases(
         storage, settings.lake, token=token, dag_id=context["dag"].dag_id,
@@ -102,7 +101,7 @@ def _days(values: list[str]) -> list[date]:
 def validate_refit(token: str, new_basis: str, moved: list[str]) -> dict[str, Any]:
     settings = PipelineSettings.from_env()
     summary = refit.validate_refit(
-        _storage(settings), settings.lake, token, new_basis, _days(moved)
+        run_storage(settings), settings.lake, token, new_basis, _days(moved)
     )
     print(f"Refit valid: {summary}")
     return summary
@@ -114,7 +113,7 @@ def switch_basis(token: str, new_basis: str, moved: list[str], after: int | None
     context = get_current_context()
     settings = PipelineSettings.from_env()
     generation = refit.switch(
-        _storage(settings), settings.lake, token, basis_id=new_basis, days=_days(moved),
+        run_storage(settings), settings.lake, token, basis_id=new_basis, days=_days(moved),
         after=after,
     )  # fmt: skip
     context["outlet_events"][PCA_BASIS].extra = {
@@ -133,15 +132,8 @@ def restore_and_release(token: str, new_basis: str, leased: list[str], moved: li
     from fruits_pipeline.backends import backend_for
 
     settings = PipelineSettings.from_env()
-    storage, backend = _storage(settings), backend_for(settings)
-    deadline = time.monotonic() + RELEASE_WAIT_S
-    while backend.run_alive(token, lease.REFIT):
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the refit cluster of run {token} is still alive {RELEASE_WAIT_S} s after its "
-                "termination: the leases are kept until it ends"
-            )
-        time.sleep(RELEASE_POLL_S)
+    storage, backend = run_storage(settings), backend_for(settings)
+    wait_until_cluster_gone(backend, token, lease.REFIT, "every lease of the refit")
     restored = refit.restore_unless_current(
         storage, settings.lake, token, basis_id=new_basis, days=_days(moved)
     )

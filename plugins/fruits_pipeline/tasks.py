@@ -30,7 +30,8 @@ REDUCED_FEATURES = Asset(
 )
 
 
-def _storage(settings: PipelineSettings):
+def run_storage(settings: PipelineSettings):
+    """The lake storage a task writes through (S3 with the run's encryption key, or local)."""
     region = kms_key_id = None
     if settings.backend == "emr":
         from fruits_pipeline.emr_config import EmrSettings
@@ -49,6 +50,19 @@ def _run_params(run: dict[str, Any]) -> RunParams:
     return RunParams(**values)
 
 
+def wait_until_cluster_gone(backend, token: str, key: str, kept: str) -> None:
+    """Before a lease is given back: the run's cluster, whose steps could still write, is gone.
+    Raises, naming what is `kept` held, when it outlives its termination by RELEASE_WAIT_S."""
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while backend.run_alive(token, key):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the cluster of run {token} is still alive {RELEASE_WAIT_S} s after its "
+                f"termination: {kept} is kept until it ends"
+            )
+        time.sleep(RELEASE_POLL_S)
+
+
 @task.short_circuit
 def check_uploads() -> dict[str, Any] | None:
     """Validate the params, find the partition and count its uploads; none: skip the run."""
@@ -60,7 +74,7 @@ def check_uploads() -> dict[str, Any] | None:
     dt = partition_date_from_context(
         params.partition_date, context.get("data_interval_start"), context.get("logical_date")
     )
-    images = validation.count_images(_storage(settings), settings.lake, dt)
+    images = validation.count_images(run_storage(settings), settings.lake, dt)
     print(f"Partition dt={dt.isoformat()}: {images} images under {settings.lake.raw(dt)}")
     if images == 0:
         print("No uploads for this day: every later task is skipped and no cluster is created.")
@@ -79,7 +93,7 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
 
     context = get_current_context()
     settings = PipelineSettings.from_env()
-    storage = _storage(settings)
+    storage = run_storage(settings)
     backend = backend_for(settings)
     dt = date.fromisoformat(run["partition"])
     token = lease.new_run_token()
@@ -125,7 +139,7 @@ def validate(run: dict[str, Any], token: str) -> dict[str, Any]:
     """Every staged vector has k dimensions and is finite; counts add up; few enough errors."""
     settings = PipelineSettings.from_env()
     summary = validation.validate_partition(
-        _storage(settings),
+        run_storage(settings),
         settings.lake,
         date.fromisoformat(run["partition"]),
         images_found=run["images_found"],
@@ -144,7 +158,7 @@ def publish(summary: dict[str, Any]) -> str:
     """
     context = get_current_context()
     settings = PipelineSettings.from_env()
-    storage = _storage(settings)
+    storage = run_storage(settings)
     token = summary.pop("token")
     dt = date.fromisoformat(summary["partition"])
     lease.check_held(storage, settings.lake, dt, token)
@@ -174,15 +188,8 @@ def release_partition(run: dict[str, Any], token: str) -> None:
     settings = PipelineSettings.from_env()
     dt = date.fromisoformat(run["partition"])
     backend = backend_for(settings)
-    deadline = time.monotonic() + RELEASE_WAIT_S
-    while backend.run_alive(token, run["partition"]):
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the cluster of run {token} is still alive {RELEASE_WAIT_S} s after its "
-                f"termination: the lease of dt={dt.isoformat()} is kept until it ends"
-            )
-        time.sleep(RELEASE_POLL_S)
-    if lease.release(_storage(settings), settings.lake, dt, token):
+    wait_until_cluster_gone(backend, token, run["partition"], f"the lease of dt={dt}")
+    if lease.release(run_storage(settings), settings.lake, dt, token):
         print(f"Released the lease of dt={dt.isoformat()}")
     else:
         print(f"The lease of dt={dt.isoformat()} was not this run's to release")
