@@ -45,7 +45,7 @@ DATE ?=
 LAKE ?=
 WEIGHTS ?=
 demo: $(STAMP)
-	$(PY) -m fruits_pipeline.demo $(if $(RAW),--raw "$(RAW)") $(if $(DATE),--date "$(DATE)") \
+	$(PY) -m devtools.demo $(if $(RAW),--raw "$(RAW)") $(if $(DATE),--date "$(DATE)") \
 		$(if $(LAKE),--lake "$(LAKE)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 # The refit DAG (fruits_pca_basis) once, locally, over the published days FROM..TO of LAKE:
@@ -55,13 +55,13 @@ TO ?=
 VARIANCE ?=
 K ?=
 refit: $(STAMP)
-	$(PY) -m fruits_pipeline.refit_cli $(if $(FROM),--from-date "$(FROM)") \
+	$(PY) -m devtools.refit $(if $(FROM),--from-date "$(FROM)") \
 		$(if $(TO),--to-date "$(TO)") $(if $(LAKE),--lake "$(LAKE)") \
 		$(if $(VARIANCE),--variance "$(VARIANCE)") $(if $(K),--k "$(K)") \
 		$(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 bases: $(STAMP)
-	$(PY) -m fruits_pipeline.refit_cli --list $(if $(LAKE),--lake "$(LAKE)")
+	$(PY) -m devtools.refit --list $(if $(LAKE),--lake "$(LAKE)")
 
 # Real-photo checks on a folder of <Label>/<file>.jpg that is not the test sample.
 PHOTOS ?= ../shared/data/fruits360-bench
@@ -98,13 +98,13 @@ clean:
 .PHONY: airflow airflow-stop airflow-cli
 PORT ?= 8080
 airflow: $(STAMP)
-	$(PY) -m fruits_pipeline.airflow_stack start --home .airflow --port $(PORT) \
+	$(PY) -m devtools.airflow_stack start --home .airflow --port $(PORT) \
 		--lake "$(or $(LAKE),.lake)" $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 airflow-stop:
-	if [ -x $(PY) ]; then $(PY) -m fruits_pipeline.airflow_stack stop --home .airflow; fi
+	if [ -x $(PY) ]; then $(PY) -m devtools.airflow_stack stop --home .airflow; fi
 
 # The airflow CLI on that stack, e.g. ARGS="backfill create --dag-id fruits_features ...".
 ARGS ?= --help
 airflow-cli: $(STAMP)
-	$(PY) -m fruits_pipeline.airflow_stack airflow --home .airflow $(ARGS)
+	$(PY) -m devtools.airflow_stack airflow --home .airflow $(ARGS)

@@ -59,7 +59,7 @@ def split_into_days(photos: Path, days: int, into: Path) -> list[Path]:
 def run_days(folders: list[Path], lake: Lake, weights: str | None) -> list[float]:
     seconds = []
     for dt, folder in zip(day_dates(len(folders)), folders, strict=True):
-        argv = [sys.executable, "-m", "fruits_pipeline.demo", "--raw", str(folder)]
+        argv = [sys.executable, "-m", "devtools.demo", "--raw", str(folder)]
         argv += ["--date", dt.isoformat(), "--lake", lake.root]
         argv += ["--weights", weights] if weights else []
         started = time.monotonic()

@@ -359,7 +359,7 @@ def dag_parse_seconds(env: dict[str, str], repeats: int = 5) -> float:
 def demo_timings(work: Path, env: dict[str, str]) -> dict:
     done = subprocess.run(
         python_module(
-            "fruits_pipeline.demo", "--lake", str(work / "demo-lake"), "--date", "2026-01-15"
+            "devtools.demo", "--lake", str(work / "demo-lake"), "--date", "2026-01-15"
         ),
         env=env,
         capture_output=True,

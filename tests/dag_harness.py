@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fruits_pipeline import local_cluster
+from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
 

@@ -1,6 +1,6 @@
 """Airflow 3 running as its users run it (`make airflow`), operated through its UI, CLI and API.
 
-One stack for the module (`fruits_pipeline.airflow_stack`: api-server, scheduler, dag-processor
+One stack for the module (`devtools.airflow_stack`: api-server, scheduler, dag-processor
 and triggerer on 127.0.0.1, SQLite, LocalExecutor) on a free port, with a temporary
 AIRFLOW_HOME, lake and cluster state directory, random weights and FRUITS_MAX_ACTIVE_RUNS=1.
 The tests run in file order:
@@ -36,10 +36,12 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from fruits_pipeline import airflow_stack, basis, local_cluster
+from devtools import airflow_stack
+from devtools.samples import make_synthetic_fruits
+from fruits_pipeline import basis
+from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
-from fruits_pipeline.samples import make_synthetic_fruits
 from tests.dag_harness import ALL_TASKS, SKIPPED_RUN
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`fruits_pipeline.airflow_stack` without starting Airflow: its environment, the password, and
+"""`devtools.airflow_stack` without starting Airflow: its environment, the password, and
 what `stop` may and may not signal. The running stack is tested in test_airflow_running.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits_pipeline import airflow_stack
+from devtools import airflow_stack
 from fruits_pipeline.settings import REPO_ROOT
 
 

@@ -16,7 +16,7 @@ from fruits_pipeline.artifacts import (
 )
 from fruits_pipeline.lake import Lake
 
-BOOTSTRAP = Path(__file__).parents[1] / "plugins" / "fruits_pipeline" / "bootstrap.sh"
+BOOTSTRAP = Path(__file__).parents[1] / "plugins/fruits_pipeline/backends/emr/bootstrap.sh"
 REGION = "eu-west-3"
 LAKE = Lake("s3://fruits-lake/prod")
 

@@ -22,7 +22,7 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 
 from fruits_pipeline import artifacts, basis, lease
-from fruits_pipeline.emr_config import EmrSettings, job_flow_overrides
+from fruits_pipeline.backends.emr.config import EmrSettings, job_flow_overrides
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import S3LakeStorage
 from fruits_pipeline.settings import REPO_ROOT
@@ -146,7 +146,7 @@ def pipeline(airflow_db, monkeypatch) -> Iterator[Pipeline]:  # noqa: F811
     from airflow.providers.amazon.aws.hooks.emr import EmrHook
     from moto.emr.models import Step, emr_backends
 
-    from fruits_pipeline.emr_sensor import CancellingEmrStepSensor
+    from fruits_pipeline.backends.emr.sensor import CancellingEmrStepSensor
 
     # Fake credentials, and no setting of the environment running the tests leaks in.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):

@@ -1,7 +1,7 @@
 """The `fruits_features` DAG end to end with the local backend, as `make demo` runs it.
 
 Each scenario stages a folder of photos into a temporary lake and runs `airflow dags test` (what
-`fruits_pipeline.demo` does), on one migrated AIRFLOW_HOME shared by the module, with random
+`devtools.demo` does), on one migrated AIRFLOW_HOME shared by the module, with random
 weights and the session's TFLite model cache. The scenarios run in file order, sequentially:
 
 - a: 12 synthetic fruits are featurized, reduced, validated and published;
@@ -31,9 +31,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fruits_pipeline import demo, local_cluster
+from devtools import demo
+from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
+from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
-from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
 from tests.dag_harness import (
     ALL_TASKS,
     SKIPPED_RUN,

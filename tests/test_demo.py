@@ -1,4 +1,4 @@
-"""`make demo` (`python -m fruits_pipeline.demo`): checks before it touches, never destroys what
+"""`make demo` (`python -m devtools.demo`): checks before it touches, never destroys what
 it did not make, never follows a symbolic link, and takes everything it started with it.
 
 The quick tests run the real command (or `demo.main`, where a failure must be injected) up to
@@ -20,9 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits_pipeline import demo, local_cluster
+from devtools import demo
+from devtools.samples import make_synthetic_fruits
+from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
-from fruits_pipeline.samples import make_synthetic_fruits
 
 REPO = Path(__file__).resolve().parents[1]
 D = date(2026, 4, 1)
@@ -72,7 +73,7 @@ def run_demo(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     tmpdir = tmp / "tmpdir"
     tmpdir.mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "fruits_pipeline.demo", *args],
+        [sys.executable, "-m", "devtools.demo", *args],
         cwd=REPO,
         env=os.environ | {"TMPDIR": str(tmpdir)},
         capture_output=True,
@@ -359,7 +360,7 @@ def test_the_watchdog_cleans_up_after_a_demo_killed_with_sigkill(tmp_path):
     )
     owner = local_cluster.process_record(stand_in.pid)
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "fruits_pipeline.demo", demo.WATCHDOG_FLAG, json.dumps(owner),
+        [sys.executable, "-m", "devtools.demo", demo.WATCHDOG_FLAG, json.dumps(owner),
          str(home), str(state_dir)],  # fmt: skip
         cwd=REPO,
     )
@@ -432,7 +433,7 @@ def running_demo(tmp_path):
 
     def start() -> tuple[subprocess.Popen, dict[str, str], Lake]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fruits_pipeline.demo", *demo_args(raw, lake)],
+            [sys.executable, "-m", "devtools.demo", *demo_args(raw, lake)],
             cwd=REPO,
             env=os.environ | {"FRUITS_LOCAL_IDLE_TIMEOUT_S": "900"},
             stdout=log,

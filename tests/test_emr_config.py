@@ -8,14 +8,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from fruits_pipeline.basis import BasisPlan
-from fruits_pipeline.emr_config import (
+from fruits_pipeline.backends.emr.config import (
     EU_REGIONS,
     EmrSettings,
     emr_steps,
     job_flow_overrides,
     validate_region,
 )
+from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.steps import featurize_args, pca_args

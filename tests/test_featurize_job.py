@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
+from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
 from spark_jobs import featurize
 from spark_jobs.images import load_model_input, load_pixels, to_model_scale
 from spark_jobs.model import (

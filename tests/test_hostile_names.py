@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from devtools.samples import NameCase, make_hostile_name_corpus, make_link_corpus
 from fruits_pipeline import validation
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage, S3LakeStorage
-from fruits_pipeline.samples import NameCase, make_hostile_name_corpus, make_link_corpus
 from spark_jobs import inputs
 
 D = date(2026, 3, 4)
@@ -390,7 +390,7 @@ def test_job_counts_agree_with_airflow(lake, featurized):
 @pytest.mark.slow
 def test_colon_in_a_name_featurizes(spark, tmp_path):
     """Hadoop's checksum file system failed the whole step on `a:b.jpg` (URISyntaxException)."""
-    from fruits_pipeline.samples import make_synthetic_fruits
+    from devtools.samples import make_synthetic_fruits
     from spark_jobs import featurize
 
     root = tmp_path / "raw"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageDraw
 
-from fruits_pipeline.samples import CorpusCase, _decompression_bomb_png, make_bad_input_corpus
+from devtools.samples import CorpusCase, _decompression_bomb_png, make_bad_input_corpus
 from spark_jobs.images import (
     DRAFT_MIN_SIDE,
     MODEL_INPUT_SIZE,
@@ -160,7 +160,7 @@ def test_decompression_bomb_is_refused(corpus):
 _PEAK_MEMORY_PROBE = """
 import json, warnings
 from PIL import Image
-from fruits_pipeline.samples import _decompression_bomb_png
+from devtools.samples import _decompression_bomb_png
 from spark_jobs.images import BadImage, load_model_input
 
 warnings.simplefilter("ignore")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from fruits_pipeline.samples import make_bad_input_corpus
+from devtools.samples import make_bad_input_corpus
 from spark_jobs.inputs import (
     NoLabelFolder,
     is_hidden_name,

@@ -18,13 +18,13 @@ from typing import Any
 import psutil
 import pytest
 
-from fruits_pipeline.local_cluster import (
+from fruits_pipeline.backends.local.cluster import (
     cluster_processes_alive,
     describe_cluster,
     start_cluster,
     terminate_cluster,
 )
-from fruits_pipeline.local_runner import add_steps, cancel_steps, describe_step
+from fruits_pipeline.backends.local.runner import add_steps, cancel_steps, describe_step
 from fruits_pipeline.steps import emr_step
 
 pytestmark = pytest.mark.slow

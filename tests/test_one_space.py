@@ -26,10 +26,10 @@ import pyarrow.dataset as ds
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from devtools.samples import make_synthetic_fruits
 from fruits_pipeline import basis, lease
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
-from fruits_pipeline.samples import make_synthetic_fruits
 from spark_jobs import basis as basis_files
 from tests import dag_harness
 from tests.dag_harness import (
@@ -54,8 +54,8 @@ CLASSES, PER_CLASS = 6, 6
 
 @pytest.fixture(scope="module")
 def four_days(airflow_db, tmp_path_factory) -> Iterator[tuple[Lake, Path, list]]:
-    from fruits_pipeline.local_cluster import terminate_cluster
-    from fruits_pipeline.local_operators import LocalStepSensor  # noqa: F401  (imported early)
+    from fruits_pipeline.backends.local.cluster import terminate_cluster
+    from fruits_pipeline.backends.local.operators import LocalStepSensor  # noqa: F401  (imported early)
 
     tmp = tmp_path_factory.mktemp("one-space")
     lake, state_dir = Lake(str(tmp / "lake")), tmp / "clusters"

@@ -30,10 +30,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fruits_pipeline import demo, lease, local_cluster, local_runner
+from devtools import demo
+from devtools.samples import make_synthetic_fruits
+from fruits_pipeline import lease
+from fruits_pipeline.backends.local import cluster as local_cluster
+from fruits_pipeline.backends.local import runner as local_runner
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
-from fruits_pipeline.samples import make_synthetic_fruits
 from tests.dag_harness import cluster_ids, cluster_leftovers, tree_digest
 
 pytestmark = pytest.mark.slow

@@ -299,7 +299,7 @@ def test_a_refit_dying_while_it_copies_a_day_restores_only_the_days_it_replaced(
 def test_make_refit_refuses_bad_parameters_in_one_line_starting_nothing(
     tmp_path, capsys, args, message
 ):
-    from fruits_pipeline import refit_cli
+    from devtools import refit as refit_cli
 
     lake = Lake(str(tmp_path / "lake"))
     storage = LocalLakeStorage()
@@ -313,7 +313,7 @@ def test_make_refit_refuses_bad_parameters_in_one_line_starting_nothing(
 
 
 def test_make_refit_refuses_a_lake_that_does_not_exist(tmp_path, capsys):
-    from fruits_pipeline import refit_cli
+    from devtools import refit as refit_cli
 
     args = ["--from-date", "2026-09-01", "--to-date", "2026-09-03"]
     assert refit_cli.main([*args, "--lake", str(tmp_path / "none")]) == 2
@@ -322,7 +322,7 @@ def test_make_refit_refuses_a_lake_that_does_not_exist(tmp_path, capsys):
 
 
 def test_make_bases_lists_every_basis_marking_the_current_one(tmp_path, capsys):
-    from fruits_pipeline import refit_cli
+    from devtools import refit as refit_cli
 
     lake, storage = Lake(str(tmp_path / "lake")), LocalLakeStorage()
     put_basis(storage, lake, OLD, K_OLD, DAYS[:1])

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fruits_pipeline import basis, lease, refit
-from fruits_pipeline.emr_config import EmrSettings, job_flow_overrides, job_steps
+from fruits_pipeline.backends.emr.config import EmrSettings, job_flow_overrides, job_steps
 from spark_jobs import basis as basis_files
 from tests import dag_harness, test_dag_emr
 from tests.dag_harness import load_dag, write_basis, write_featurize_outputs, write_pca_outputs

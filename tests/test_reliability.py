@@ -35,11 +35,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
 from fruits_pipeline import lease, steps, validation
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.params import validate_params
-from fruits_pipeline.samples import make_bad_input_corpus, make_synthetic_fruits
 from spark_jobs.basis import new_basis_id
 from tests import dag_harness
 from tests.dag_harness import (
@@ -351,7 +351,7 @@ class LocalWorld:
         return dag.test(logical_date=logical_date, run_conf=conf)
 
     def clusters(self) -> list[dict[str, Any]]:
-        from fruits_pipeline.local_cluster import describe_cluster
+        from fruits_pipeline.backends.local.cluster import describe_cluster
 
         return [describe_cluster(self.state_dir, cid) for cid in cluster_ids(self.state_dir)]
 
@@ -365,8 +365,8 @@ IDLE_TIMEOUT_S = 90
 
 @pytest.fixture
 def local_world(airflow_db, monkeypatch, tmp_path) -> Iterator[LocalWorld]:
-    from fruits_pipeline.local_cluster import terminate_cluster
-    from fruits_pipeline.local_operators import LocalStepSensor
+    from fruits_pipeline.backends.local.cluster import terminate_cluster
+    from fruits_pipeline.backends.local.operators import LocalStepSensor
 
     for name in [n for n in os.environ if n.startswith("FRUITS_")]:
         if name != "FRUITS_MODEL_CACHE":
@@ -399,7 +399,7 @@ def local_world(airflow_db, monkeypatch, tmp_path) -> Iterator[LocalWorld]:
 
 def assert_ended_without_a_trace(world: LocalWorld) -> dict[str, Any]:
     """One cluster, terminated by the teardown task; no process of it anywhere."""
-    from fruits_pipeline.local_cluster import cluster_processes_alive
+    from fruits_pipeline.backends.local.cluster import cluster_processes_alive
 
     (cluster,) = world.clusters()
     assert (cluster["state"], cluster["reason"]) == ("TERMINATED", "user request")
@@ -415,7 +415,7 @@ def assert_ended_without_a_trace(world: LocalWorld) -> dict[str, Any]:
 def test_failed_featurize_step_fails_the_local_run_and_leaves_no_process(local_world, tmp_path):
     """A rerun of a published date with a weights file that passes the form but not the job:
     the earlier publication stays exactly as it was, the failed run's outputs stay staged."""
-    from fruits_pipeline.local_runner import describe_step
+    from fruits_pipeline.backends.local.runner import describe_step
 
     world, storage = local_world, LocalLakeStorage()
     storage.write_bytes(world.lake.success_marker(D_A), b'{"partition": "2026-06-02"}')
@@ -467,8 +467,8 @@ def test_failed_featurize_step_fails_the_local_run_and_leaves_no_process(local_w
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_dead_step_runner_fails_the_sensor_and_the_teardown_leaves_no_process(local_world):
-    from fruits_pipeline.local_cluster import describe_cluster
-    from fruits_pipeline.local_runner import describe_step
+    from fruits_pipeline.backends.local.cluster import describe_cluster
+    from fruits_pipeline.backends.local.runner import describe_step
 
     world = local_world
     killed: dict[str, Any] = {}
@@ -524,15 +524,15 @@ def test_killed_local_sensor_cancels_its_step_and_every_process_of_it(tmp_path):
     test_killed_step_sensor_cancels_its_step_with_cancel_steps`.)"""
     from airflow.sdk.exceptions import AirflowException
 
-    from fruits_pipeline.local_cluster import (
+    from fruits_pipeline.backends.local.cluster import (
         cluster_processes_alive,
         describe_cluster,
         marked_processes,
         start_cluster,
         terminate_cluster,
     )
-    from fruits_pipeline.local_operators import LocalStepSensor
-    from fruits_pipeline.local_runner import STEP_ENV, add_steps, describe_step
+    from fruits_pipeline.backends.local.operators import LocalStepSensor
+    from fruits_pipeline.backends.local.runner import STEP_ENV, add_steps, describe_step
 
     state_dir, script, pid_file = tmp_path / "clusters", tmp_path / "sleep.py", tmp_path / "pid"
     script.write_text(SCRIPTS["sleep.py"])

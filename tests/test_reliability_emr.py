@@ -200,7 +200,7 @@ def test_killed_step_sensor_cancels_its_step_with_cancel_steps(pipeline, monkeyp
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.emr.models import emr_backends
 
-    from fruits_pipeline.emr_sensor import CancellingEmrStepSensor
+    from fruits_pipeline.backends.emr.sensor import CancellingEmrStepSensor
 
     emr = pipeline.emr_client
     cluster_id = emr.run_job_flow(

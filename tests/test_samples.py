@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fruits_pipeline.samples import (
+from devtools.samples import (
     FRUIT_STYLES,
     IMAGE_CASES_FOUND,
     CorpusCase,

@@ -57,7 +57,7 @@ ALLOWED_FINDINGS: frozenset[tuple[str, str]] = frozenset(
         (".env.example", "b06ef39b87e0c1075b90e0befee27f80892c2647"),
         # 'simple_auth_manager_passwords.json': a file name.
         # pragma: allowlist nextline secret
-        ("plugins/fruits_pipeline/airflow_stack.py", "3053500470616baae4f9451a25d57608f3158e63"),
+        ("devtools/airflow_stack.py", "3053500470616baae4f9451a25d57608f3158e63"),
         # The SPARK_CONF_DIR line of the Dockerfile, which that test looks for.
         # pragma: allowlist nextline secret
         ("tests/test_compose.py", "a3046c9d9a4a2d2c43c4633520a859cd28d95677"),
@@ -100,7 +100,7 @@ def scan(paths: list[str], cwd: Path) -> dict[str, list[dict[str, Any]]]:
 
 def test_no_secret_in_repository():
     files = repository_files()
-    assert "plugins/fruits_pipeline/emr_config.py" in files and len(files) > 50
+    assert "plugins/fruits_pipeline/backends/emr/config.py" in files and len(files) > 50
 
     findings = scan(files, REPO)
 
@@ -333,7 +333,7 @@ def test_every_aws_call_of_a_run_is_allowed_by_the_airflow_policy(pipeline, monk
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.emr.models import emr_backends
 
-    from fruits_pipeline.emr_sensor import CancellingEmrStepSensor
+    from fruits_pipeline.backends.emr.sensor import CancellingEmrStepSensor
 
     calls: list[tuple[str, str, dict]] = []
     make_api_call = botocore.client.BaseClient._make_api_call

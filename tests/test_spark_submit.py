@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark import find_spark_home
 
+from devtools.samples import make_synthetic_fruits
 from fruits_pipeline.artifacts import build_jobs_zip
-from fruits_pipeline.samples import make_synthetic_fruits
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

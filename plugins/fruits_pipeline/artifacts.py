@@ -67,7 +67,7 @@ def artifact_files(repo_root: str | Path, weights: str | None) -> dict[str, byte
         FEATURIZE_SCRIPT: (root / "spark_jobs" / FEATURIZE_SCRIPT).read_bytes(),
         PCA_SCRIPT: (root / "spark_jobs" / PCA_SCRIPT).read_bytes(),
         REPROJECT_SCRIPT: (root / "spark_jobs" / REPROJECT_SCRIPT).read_bytes(),
-        BOOTSTRAP_SCRIPT: Path(__file__).with_name(BOOTSTRAP_SCRIPT).read_bytes(),
+        BOOTSTRAP_SCRIPT: (Path(__file__).parent / "backends/emr" / BOOTSTRAP_SCRIPT).read_bytes(),
         JOB_REQUIREMENTS: (root / JOB_REQUIREMENTS).read_bytes(),
     }
     weights_name = weights_artifact_name(weights) if weights else None

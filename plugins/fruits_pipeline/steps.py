@@ -1,4 +1,4 @@
-"""Command lines of the two Spark jobs, shared by the EMR and the local backend."""
+"""The jobs of a run and their command lines, shared by the EMR and the local backend."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ PCA_SCRIPT = "pca.py"
 REPROJECT_SCRIPT = "reproject.py"
 # How long a PCA step waits for a basis that another run is still fitting: that run's length.
 BASIS_WAIT_S = 3600
+# The id of step `index`, as the add-steps task returned it, for that step's sensor.
+STEP_IDS = "{{{{ ti.xcom_pull(task_ids='add_steps')[{index}] }}}}"
 
 
 def featurize_args(lake: Lake, dt: date, weights: str, run: str) -> list[str]:

@@ -34,7 +34,7 @@ def run_storage(settings: PipelineSettings):
     """The lake storage a task writes through (S3 with the run's encryption key, or local)."""
     region = kms_key_id = None
     if settings.backend == "emr":
-        from fruits_pipeline.emr_config import EmrSettings
+        from fruits_pipeline.backends.emr.config import EmrSettings
 
         emr = EmrSettings.from_env()
         # Markers are encrypted with the key of the staged artifacts (SSE-S3 when none is set).

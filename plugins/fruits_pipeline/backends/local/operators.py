@@ -13,7 +13,8 @@ from typing import Any
 from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
-from fruits_pipeline import local_cluster, local_runner
+from fruits_pipeline.backends.local import cluster as local_cluster
+from fruits_pipeline.backends.local import runner as local_runner
 
 
 class LocalCreateClusterOperator(BaseOperator):

@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil
 
-from fruits_pipeline import local_cluster
+from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.params import NAMED_WEIGHTS, parse_partition_date, validate_params
 from fruits_pipeline.settings import REPO_ROOT, SHARED_WEIGHTS
@@ -322,7 +322,7 @@ def stage_raw(raw: str | None, target: Path) -> str:
     if SHARED_SAMPLE.is_dir():
         kept = place(SHARED_SAMPLE, target)
         return f"{SHARED_SAMPLE} (real Fruits-360 photos){reused if kept else ''}"
-    from fruits_pipeline.samples import make_synthetic_fruits
+    from devtools.samples import make_synthetic_fruits
 
     with tempfile.TemporaryDirectory(prefix="fruits-demo-synthetic-") as tmp:
         counts = make_synthetic_fruits(Path(tmp) / "raw", n_classes=8, per_class=15)
@@ -398,12 +398,12 @@ def spawn_watchdog(home: Path, state_dir: Path) -> dict[str, Any]:
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "plugins")])
     }
-    args = [sys.executable, "-m", "fruits_pipeline.demo", WATCHDOG_FLAG, owner]
+    args = [sys.executable, "-m", "devtools.demo", WATCHDOG_FLAG, owner]
     return local_cluster.spawn_detached(
         [*args, str(home), str(state_dir)],
         log_path=Path(tempfile.gettempdir()) / f"{home.name}.watchdog.log",
         env=env,
-        cwd=local_cluster.PACKAGE_PARENT,
+        cwd=REPO_ROOT,
     )
 
 

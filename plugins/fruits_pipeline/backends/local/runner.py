@@ -1,11 +1,11 @@
 """EMR-like steps on a local cluster: an ordered queue of spark-submit commands.
 
 ``add_steps`` appends steps to ``steps.json`` in the cluster directory and makes sure a detached
-step runner (``python -m fruits_pipeline.local_runner``) works through the queue, one step at a
-time; the runner exits when the queue is empty and the next ``add_steps`` starts another. Each
-step runs in, and logs to, ``steps/<step_id>/`` (``step.log``: spark-submit's stdout and stderr),
-as EMR steps do. Like EMR's ActionOnFailure=CANCEL_AND_WAIT, a failed step cancels every later
-pending step and the cluster stays up.
+step runner (``python -m fruits_pipeline.backends.local.runner``) works through the queue, one
+step at a time; the runner exits when the queue is empty and the next ``add_steps`` starts
+another. Each step runs in, and logs to, ``steps/<step_id>/`` (``step.log``: spark-submit's
+stdout and stderr), as EMR steps do. Like EMR's ActionOnFailure=CANCEL_AND_WAIT, a failed
+step cancels every later pending step and the cluster stays up.
 
 Steps run with the environment of the ``add_steps`` call that started the runner, plus
 SPARK_LOCAL_IP=127.0.0.1, PYSPARK_PYTHON (this interpreter unless set) and markers that let
@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from fruits_pipeline.local_cluster import (
+from fruits_pipeline.backends.local.cluster import (
     CLUSTER_ENV,
     CLUSTER_FILE,
     ENDED,
@@ -153,7 +153,7 @@ def _start_runner(cdir: Path, cluster_id: str) -> dict[str, Any]:
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", CLUSTER_ENV: cluster_id}
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     return spawn_detached(
-        [sys.executable, "-m", "fruits_pipeline.local_runner", str(cdir.parent), cluster_id],
+        [sys.executable, "-m", __spec__.name, str(cdir.parent), cluster_id],
         log_path=cdir / "logs" / "runner.log",
         env=env,
         cwd=PACKAGE_PARENT,

@@ -2,9 +2,9 @@
 
 `make airflow` / `make airflow-stop`, and the tests that operate Airflow as its users do, use it:
 
-    python -m fruits_pipeline.airflow_stack start [--home .airflow] [--lake .lake] [--port 8080]
-    python -m fruits_pipeline.airflow_stack stop [--home .airflow]
-    python -m fruits_pipeline.airflow_stack airflow [--home .airflow] backfill create ...
+    python -m devtools.airflow_stack start [--home .airflow] [--lake .lake] [--port 8080]
+    python -m devtools.airflow_stack stop [--home .airflow]
+    python -m devtools.airflow_stack airflow [--home .airflow] backfill create ...
 
 `start` migrates the SQLite metadata database of AIRFLOW_HOME, then starts the four components
 that `airflow standalone` runs (api-server, scheduler, dag-processor, triggerer) as one process
@@ -495,7 +495,7 @@ def _terminate(procs: Iterable[psutil.Process], grace_s: float) -> list[str]:
 
 def _terminate_clusters(state_dir: Path) -> list[str]:
     """Terminate the local Spark clusters of the state dir that are not ended; their ids."""
-    from fruits_pipeline import local_cluster
+    from fruits_pipeline.backends.local import cluster as local_cluster
 
     stopped = []
     if not state_dir.is_dir():
@@ -565,7 +565,7 @@ def banner(stack: Stack) -> str:
             "  for the previous day)",
             "  backfill days D1..D3: the trigger form's Backfill, or",
             f"    PYTHONPATH={REPO_ROOT / 'plugins'} {sys.executable} \\",
-            f"    -m fruits_pipeline.airflow_stack airflow --home {stack.home} backfill create \\",
+            f"    -m devtools.airflow_stack airflow --home {stack.home} backfill create \\",
             f"    --dag-id {DAG_ID} --from-date D1T00:00 --to-date D3T23:59",
             "    (`make airflow-cli ARGS=\"backfill create ...\"` for the default home; a backfill",
             "    without --max-active-runs gets FRUITS_MAX_ACTIVE_RUNS)",
@@ -577,7 +577,7 @@ def banner(stack: Stack) -> str:
 def main(argv: list[str] | None = None) -> int:
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument("--home", default=str(REPO_ROOT / ".airflow"), help="AIRFLOW_HOME")
-    parser = argparse.ArgumentParser(prog="python -m fruits_pipeline.airflow_stack")
+    parser = argparse.ArgumentParser(prog="python -m devtools.airflow_stack")
     commands = parser.add_subparsers(dest="command", required=True)
     start_cmd = commands.add_parser("start", parents=[home], help="start Airflow on 127.0.0.1")
     start_cmd.add_argument("--lake", default=str(REPO_ROOT / ".lake"), help="lake folder")
@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         weights = args.weights or os.environ.get("FRUITS_WEIGHTS")
         if not weights:
-            from fruits_pipeline.demo import choose_weights
+            from devtools.demo import choose_weights
 
             weights = choose_weights(None)
         config = StackConfig(

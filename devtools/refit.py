@@ -18,7 +18,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fruits_pipeline import basis, demo, refit
+from devtools import demo
+from fruits_pipeline import basis, refit
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.settings import REPO_ROOT

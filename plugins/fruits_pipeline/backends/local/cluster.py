@@ -55,7 +55,7 @@ ENDED = (TERMINATING, TERMINATED)
 
 CLUSTER_FILE = "cluster.json"
 # `python -m fruits_pipeline.<module>` run from here finds the package whatever PYTHONPATH is.
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # plugins/: fruits_pipeline importable
 _CLUSTER_ID = re.compile(r"local-[0-9a-f]{12}")
 _MASTER = "org.apache.spark.deploy.master.Master"
 _WORKER = "org.apache.spark.deploy.worker.Worker"
@@ -314,7 +314,7 @@ def start_cluster(
         worker_opts += ["--cores", str(worker_cores)]
     deadline = time.monotonic() + startup_timeout_s
     try:
-        watchdog = [sys.executable, "-m", "fruits_pipeline.local_cluster", str(cdir.parent)]
+        watchdog = [sys.executable, "-m", __spec__.name, str(cdir.parent)]
         _spawn_role(cdir, "watchdog", [*watchdog, cluster_id], proc_env, PACKAGE_PARENT)
         master = [spark_class, _MASTER, *common, "--port", str(master_port)]
         master += ["--webui-port", str(web_port)]

@@ -1,0 +1,1 @@
+"""Developer tooling: `make demo`, `make refit`, `make airflow` and the synthetic samples."""

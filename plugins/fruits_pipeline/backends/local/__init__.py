@@ -1,0 +1,1 @@
+"""This machine: the Spark standalone cluster (`cluster`), its step runner, the operators."""
