@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from fruits_pipeline.backends import backend_for
 from fruits_pipeline.params import dag_params
-from fruits_pipeline.settings import PipelineSettings
+from fruits_pipeline.settings import DAG_DEFAULTS, PipelineSettings
 from fruits_pipeline.tasks import (
     check_uploads,
     prepare_run,
@@ -53,13 +52,11 @@ with DAG(
     dag_id="fruits_features",
     description="MobileNetV2 features and PCA of one day of fruit photos",
     schedule=CronDataIntervalTimetable(settings.daily_cron, timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=settings.max_active_runs,
     params=dag_params(settings.default_weights),
     doc_md=DOC,
     tags=["fruits", "features", "spark", backend.name],
-    default_args={"owner": "data-platform", "retries": 0},
+    **DAG_DEFAULTS,
 ) as dag:
     run = check_uploads()
     plan = prepare_run(run)

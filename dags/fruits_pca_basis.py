@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, chain
 from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -15,7 +14,7 @@ from fruits_pipeline.refit_tasks import (
     take_leases,
     validate_refit,
 )
-from fruits_pipeline.settings import PipelineSettings
+from fruits_pipeline.settings import DAG_DEFAULTS, PipelineSettings
 
 settings = PipelineSettings.from_env()
 backend = backend_for(settings)
@@ -45,13 +44,11 @@ with DAG(
     schedule=CronTriggerTimetable(settings.refit_schedule, timezone="UTC")
     if settings.refit_schedule
     else None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
     params=refit_dag_params(),
     doc_md=DOC,
     tags=["fruits", "pca", "spark", backend.name],
-    default_args={"owner": "data-platform", "retries": 0},
+    **DAG_DEFAULTS,
 ) as dag:
     window = check_window()
     plan = take_leases(window)

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fruits_pipeline.lake import Lake
+from fruits_pipeline.lake_io import s3_encryption
 from fruits_pipeline.params import is_local_path
 from fruits_pipeline.steps import FEATURIZE_SCRIPT, PCA_SCRIPT, REPROJECT_SCRIPT
 
@@ -88,11 +89,7 @@ def stage_to_s3(
     prefix_key = lake.s3_key(prefix) + "/"
     listing = s3_client.list_objects_v2(Bucket=lake.bucket, Prefix=prefix_key)
     existing = {item["Key"]: item["Size"] for item in listing.get("Contents", [])}
-    encryption = (
-        {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
-        if kms_key_id
-        else {"ServerSideEncryption": "AES256"}
-    )
+    encryption = s3_encryption(kms_key_id)
     for name in sorted(files):
         key = prefix_key + name
         if existing.get(key) != len(files[name]):

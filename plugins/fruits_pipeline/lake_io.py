@@ -121,17 +121,20 @@ class LocalLakeStorage:
         shutil.rmtree(uri, ignore_errors=True)
 
 
+def s3_encryption(kms_key_id: str | None) -> dict[str, str]:
+    """The server-side-encryption arguments of every S3 write: SSE-KMS with the key, or SSE-S3."""
+    if kms_key_id:
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
+    return {"ServerSideEncryption": "AES256"}
+
+
 class S3LakeStorage:
     """Lake files on S3; writes are encrypted at rest (SSE-S3, or SSE-KMS with a key id)."""
 
     def __init__(self, lake: Lake, client: Any, *, kms_key_id: str | None = None):
         self.lake = lake
         self.client = client
-        self.encryption = (
-            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
-            if kms_key_id
-            else {"ServerSideEncryption": "AES256"}
-        )
+        self.encryption = s3_encryption(kms_key_id)
 
     def _key(self, uri: str) -> str:
         return self.lake.s3_key(uri)

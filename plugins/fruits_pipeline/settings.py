@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fruits_pipeline.lake import Lake
@@ -41,6 +42,13 @@ _DAILY_AT = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
 # Weekly, after the daily run (FRUITS_DAILY_AT) has long finished.
 DEFAULT_REFIT_SCHEDULE = "0 6 * * 0"
+# What both DAGs share: no catch-up of past dates, the owning team, and no automatic retry (a
+# failed run is looked at, then cleared).
+DAG_DEFAULTS = {
+    "start_date": datetime(2026, 1, 1, tzinfo=UTC),
+    "catchup": False,
+    "default_args": {"owner": "data-platform", "retries": 0},
+}
 
 
 @dataclass(frozen=True)

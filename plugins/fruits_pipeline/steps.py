@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
+from typing import TYPE_CHECKING
 
 from fruits_pipeline.lake import Lake
+
+if TYPE_CHECKING:
+    from fruits_pipeline.basis import BasisPlan
+    from fruits_pipeline.params import RunParams
 
 FEATURIZE_SCRIPT = "featurize.py"
 PCA_SCRIPT = "pca.py"
@@ -62,17 +67,19 @@ def run_jobs(
     lake: Lake,
     dt: date,
     run: str,
+    params: RunParams,
+    basis: BasisPlan,
     *,
-    weights: str,
-    basis: str,
-    fit: bool,
-    variance: float | None,
-    k: int | None,
+    weights: str | None = None,
 ) -> list[tuple[str, str, list[str]]]:
-    """The jobs of one run, in order, for both backends: (name, entry script, arguments)."""
+    """The jobs of one run, in order, for both backends: (name, entry script, arguments).
+    `weights` replaces `params.weights` where the backend staged them (EMR)."""
+    chosen = pca_args(
+        lake, dt, run, basis=basis.basis, fit=basis.fit, variance=params.variance, k=params.k
+    )
     return [
-        ("featurize", FEATURIZE_SCRIPT, featurize_args(lake, dt, weights, run)),
-        ("pca", PCA_SCRIPT, pca_args(lake, dt, run, basis=basis, fit=fit, variance=variance, k=k)),
+        ("featurize", FEATURIZE_SCRIPT, featurize_args(lake, dt, weights or params.weights, run)),
+        ("pca", PCA_SCRIPT, chosen),
     ]
 
 

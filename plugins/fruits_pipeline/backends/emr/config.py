@@ -234,16 +234,7 @@ def emr_steps(
     _check_emr_locations(lake, artifacts_prefix)
     weights_name = weights_artifact_name(params.weights)
     weights = f"{artifacts_prefix}/{weights_name}" if weights_name else params.weights
-    jobs = run_jobs(
-        lake,
-        dt,
-        token,
-        weights=weights,
-        basis=basis.basis,
-        fit=basis.fit,
-        variance=params.variance,
-        k=params.k,
-    )
+    jobs = run_jobs(lake, dt, token, params, basis, weights=weights)
     return job_steps(jobs, artifacts_prefix, f"dt={dt.isoformat()}")
 
 

@@ -34,16 +34,7 @@ class LocalBackend:
         basis: BasisPlan,
     ) -> dict[str, Any]:
         """Stage the jobs in a content-addressed local folder; steps are plain spark-submits."""
-        jobs = steps.run_jobs(
-            self.settings.lake,
-            dt,
-            token,
-            weights=params.weights,
-            basis=basis.basis,
-            fit=basis.fit,
-            variance=params.variance,
-            k=params.k,
-        )
+        jobs = steps.run_jobs(self.settings.lake, dt, token, params, basis)
         return self._plan(jobs, f"dt={dt.isoformat()}", token)
 
     def plan_refit(self, jobs, *, dag_id: str, run_id: str, token: str) -> dict[str, Any]:
