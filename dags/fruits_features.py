@@ -5,16 +5,10 @@ from __future__ import annotations
 from airflow.sdk import DAG, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from fruits_pipeline import tasks
 from fruits_pipeline.backends import backend_for
 from fruits_pipeline.params import dag_params
 from fruits_pipeline.settings import DAG_DEFAULTS, PipelineSettings
-from fruits_pipeline.tasks import (
-    check_uploads,
-    prepare_run,
-    publish,
-    release_partition,
-    validate,
-)
 
 settings = PipelineSettings.from_env()
 backend = backend_for(settings)
@@ -58,18 +52,14 @@ with DAG(
     tags=["fruits", "features", "spark", backend.name],
     **DAG_DEFAULTS,
 ) as dag:
-    run = check_uploads()
-    plan = prepare_run(run)
-    cluster = backend.create_cluster(plan["job_flow_overrides"])
-    step_ids = backend.add_steps(cluster.output, plan["steps"])
-    featurized = backend.watch_step("watch_featurize", cluster.output, 0)
-    reduced = backend.watch_step("watch_pca", cluster.output, 1)
-    validated = validate(run, plan["token"])
-    published = publish(validated)
-    terminated = backend.terminate_cluster(cluster.output).as_teardown(setups=cluster)
-    released = release_partition(run, plan["token"]).as_teardown(
+    run = tasks.check_uploads()
+    plan = tasks.prepare_run(run)
+    cluster = backend.cluster_tasks(plan, ["watch_featurize", "watch_pca"])
+    validated = tasks.validate(run, plan["token"])
+    published = tasks.publish(validated)
+    released = tasks.release_partition(run, plan["token"]).as_teardown(
         setups=plan, on_failure_fail_dagrun=True
     )
 
-    chain(run, plan, cluster, step_ids, featurized, reduced, validated, published, terminated)
-    terminated >> released
+    chain(run, plan, *cluster.until_done, validated, published, cluster.terminate)
+    cluster.terminate >> released

@@ -5,15 +5,9 @@ from __future__ import annotations
 from airflow.sdk import DAG, chain
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from fruits_pipeline import refit_tasks
 from fruits_pipeline.backends import backend_for
 from fruits_pipeline.params import refit_dag_params
-from fruits_pipeline.refit_tasks import (
-    check_window,
-    restore_and_release,
-    switch_basis,
-    take_leases,
-    validate_refit,
-)
 from fruits_pipeline.settings import DAG_DEFAULTS, PipelineSettings
 
 settings = PipelineSettings.from_env()
@@ -50,18 +44,16 @@ with DAG(
     tags=["fruits", "pca", "spark", backend.name],
     **DAG_DEFAULTS,
 ) as dag:
-    window = check_window()
-    plan = take_leases(window)
-    cluster = backend.create_cluster(plan["job_flow_overrides"])
-    step_ids = backend.add_steps(cluster.output, plan["steps"])
-    fitted = backend.watch_step("watch_fit", cluster.output, 0)
-    reprojected = backend.watch_step("watch_reproject", cluster.output, 1)
-    validated = validate_refit(plan["token"], plan["basis"], plan["moved"])
-    switched = switch_basis(plan["token"], plan["basis"], plan["moved"], plan["after"], validated)
-    terminated = backend.terminate_cluster(cluster.output).as_teardown(setups=cluster)
-    released = restore_and_release(
+    window = refit_tasks.check_window()
+    plan = refit_tasks.take_leases(window)
+    cluster = backend.cluster_tasks(plan, ["watch_fit", "watch_reproject"])
+    validated = refit_tasks.validate_refit(plan["token"], plan["basis"], plan["moved"])
+    switched = refit_tasks.switch_basis(
+        plan["token"], plan["basis"], plan["moved"], plan["after"], validated
+    )
+    released = refit_tasks.restore_and_release(
         plan["token"], plan["basis"], plan["leased"], plan["moved"]
     ).as_teardown(setups=plan, on_failure_fail_dagrun=True)
 
-    chain(window, plan, cluster, step_ids, fitted, reprojected, validated, switched, terminated)
-    terminated >> released
+    chain(window, plan, *cluster.until_done, validated, switched, cluster.terminate)
+    cluster.terminate >> released

@@ -46,6 +46,16 @@ class LeaseLost(RuntimeError):
 
 
 @dataclass(frozen=True)
+class RunIdentity:
+    """A run that holds leases and clusters: its DAG, its Airflow run id, and its token (which
+    names its staging folder and tags its cluster)."""
+
+    dag_id: str
+    run_id: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Lease:
     partition: str
     generation: int

@@ -76,7 +76,7 @@ def take_leases(window: dict[str, Any]) -> dict[str, Any]:
             variance=params.variance, k=params.k,
         )  # fmt: skip
         plan = backend.plan_refit(
-            jobs, dag_id=context["dag"].dag_id, run_id=context["run_id"], token=token
+            jobs, lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
         )
     except BaseException:
         refit.release_leases(storage, settings.lake, token, [lease.REFIT, *leased])

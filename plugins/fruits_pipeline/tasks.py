@@ -125,9 +125,8 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
             + ("" if chosen.fit else ": the form's variance and k are not used")
         )
         plan = backend.plan(
-            dt, params, dag_id=context["dag"].dag_id, run_id=context["run_id"], token=token,
-            basis=chosen,
-        )  # fmt: skip
+            dt, params, chosen, lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
+        )
     except BaseException:
         lease.release(storage, settings.lake, dt, token)
         raise

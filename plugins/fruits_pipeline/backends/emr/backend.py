@@ -6,12 +6,13 @@ from datetime import date
 from typing import Any
 
 from fruits_pipeline import artifacts, lease, steps
+from fruits_pipeline.backends.base import ClusterBackend
 from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
 
 
-class EmrBackend:
+class EmrBackend(ClusterBackend):
     name = "emr"
 
     def __init__(self, settings: PipelineSettings, env=None):
@@ -20,16 +21,7 @@ class EmrBackend:
         self.settings = settings
         self.emr = EmrSettings.from_env(env)
 
-    def plan(
-        self,
-        dt: date,
-        params: RunParams,
-        *,
-        dag_id: str,
-        run_id: str,
-        token: str,
-        basis: BasisPlan,
-    ) -> dict[str, Any]:
+    def plan(self, dt: date, params: RunParams, basis: BasisPlan, run: lease.RunIdentity) -> dict:
         """Stage code, bootstrap and local weights to S3; the cluster spec and steps use them."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -47,15 +39,15 @@ class EmrBackend:
                 self.emr,
                 self.settings.lake,
                 artifacts_prefix=prefix,
-                dag_id=dag_id,
-                run_id=run_id,
+                dag_id=run.dag_id,
+                run_id=run.run_id,
                 partition=dt,
-                token=token,
+                token=run.token,
             ),
-            "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, token, basis),
+            "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, run.token, basis),
         }
 
-    def plan_refit(self, jobs, *, dag_id: str, run_id: str, token: str) -> dict[str, Any]:
+    def plan_refit(self, jobs, run: lease.RunIdentity) -> dict[str, Any]:
         """Stage the code (no weights: a refit reads features) and plan the refit's cluster."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -68,8 +60,8 @@ class EmrBackend:
         )
         return {
             "job_flow_overrides": emr_config.job_flow_overrides(
-                self.emr, self.settings.lake, artifacts_prefix=prefix, dag_id=dag_id,
-                run_id=run_id, partition=lease.REFIT, token=token,
+                self.emr, self.settings.lake, artifacts_prefix=prefix, dag_id=run.dag_id,
+                run_id=run.run_id, partition=lease.REFIT, token=run.token,
             ),  # fmt: skip
             "steps": emr_config.job_steps(jobs, prefix, lease.REFIT),
         }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fruits_pipeline import artifacts, lease, steps
+from fruits_pipeline.backends.base import ClusterBackend
 from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
@@ -17,29 +18,20 @@ from fruits_pipeline.settings import REPO_ROOT, PipelineSettings
 RUN_TOKEN_ENV = "FRUITS_RUN_TOKEN"  # noqa: S105 (a variable name, not a password)
 
 
-class LocalBackend:
+class LocalBackend(ClusterBackend):
     name = "local"
 
     def __init__(self, settings: PipelineSettings):
         self.settings = settings
 
-    def plan(
-        self,
-        dt: date,
-        params: RunParams,
-        *,
-        dag_id: str,
-        run_id: str,
-        token: str,
-        basis: BasisPlan,
-    ) -> dict[str, Any]:
+    def plan(self, dt: date, params: RunParams, basis: BasisPlan, run: lease.RunIdentity) -> dict:
         """Stage the jobs in a content-addressed local folder; steps are plain spark-submits."""
-        jobs = steps.run_jobs(self.settings.lake, dt, token, params, basis)
-        return self._plan(jobs, f"dt={dt.isoformat()}", token)
+        jobs = steps.run_jobs(self.settings.lake, dt, run.token, params, basis)
+        return self._plan(jobs, f"dt={dt.isoformat()}", run.token)
 
-    def plan_refit(self, jobs, *, dag_id: str, run_id: str, token: str) -> dict[str, Any]:
+    def plan_refit(self, jobs, run: lease.RunIdentity) -> dict[str, Any]:
         """The same for a refit's jobs (steps.py, refit.py)."""
-        return self._plan(jobs, lease.REFIT, token)
+        return self._plan(jobs, lease.REFIT, run.token)
 
     def _plan(self, jobs, label: str, token: str) -> dict[str, Any]:
         files = artifacts.artifact_files(REPO_ROOT, None)
