@@ -39,7 +39,7 @@ TARGETS = {"b/a throughput": 5.0, "b/a whole process": 3.5, "b/c throughput": 0.
 class TreeSampler:
     """Peak RSS of a process tree, of its root, of its JVM and of its largest PySpark Python
     worker, and the CPU seconds of its JVMs and of its Python workers, sampled (a process's last
-    0.2 s may be missed)."""
+    sampling interval may be missed)."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
         self.pid, self.interval_s = pid, interval_s
@@ -224,7 +224,7 @@ def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
         "bench.ceiling", "--input", str(BENCH_IMAGES), "--weights", str(WEIGHTS)
     )
     # (c) right before and right after (b), the faster kept: this machine's speed drifts over
-    # minutes, and (c) measured once, minutes away from (b), moved b/c by 0.1 between runs.
+    # minutes, so (c) measured once, minutes away from (b), made b/c vary from run to run.
     ceiling_before = run_measured([*ceiling_command, "--tflite-only"], env)
     b_full, b_quarter = job("full"), job("quarter")
     ceiling = run_measured([*ceiling_command, "--features", str(work / "features-full")], env)

@@ -18,15 +18,18 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 
-from spark_jobs import inputs
-from spark_jobs.images import BadImage, load_pixels
+from spark_jobs import inputs, reading, worker_cpu
+from spark_jobs.accumulators import RowsParam, SecondsParam
+from spark_jobs.batches import decode_listed, decoded_in_order, failed_rows, outcome_batch
 from spark_jobs.model import FEATURE_DIM, MODEL_BATCH_SIZE, cached_featurizer
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
 
 FEATURIZE_MANIFEST = "_featurize.json"
 OUTCOME_SCHEMA = "path string, label string, features array<float>, error string"
@@ -61,161 +64,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@dataclass
-class DecodedBatch:
-    """One batch of files after decoding: model input for the good ones, reasons for the rest."""
+@dataclass(frozen=True)
+class PartitionJob:
+    """What every task of the featurize stage needs, shipped with its mapInArrow function."""
 
-    paths: list[str]
-    labels: list[str | None]
-    errors: list[str | None]
-    good: list[int]  # positions of the files in `pixels`
-    pixels: list[np.ndarray]  # uint8 (224, 224, 3) of each good file, for the Featurizer
-
-
-def decode_batch(
-    paths: list[str], labels: list[str | None], relpaths: list[str], read
-) -> DecodedBatch:
-    """Read (`read(relpath)` -> bytes) and decode each file; one at a time, so a worker holds
-    the bytes of one file, never of a whole batch."""
-    errors: list[str | None] = []
-    arrays: list[np.ndarray] = []
-    good: list[int] = []
-    for index, relpath in enumerate(relpaths):
-        try:
-            arrays.append(load_pixels(read(relpath)))
-        except (BadImage, inputs.UnreadableFile) as exc:
-            errors.append(str(exc))
-            continue
-        errors.append(None)
-        good.append(index)
-    return DecodedBatch(paths, labels, errors, good, arrays)
-
-
-def outcome_batch(decoded: DecodedBatch, featurize_batch) -> pa.RecordBatch:
-    """Run the model on a decoded batch: (path, label, features, error) rows, one per file.
-
-    Built with pyarrow directly: the features column wraps the model's output array without a
-    copy per row (pandas made one object per vector, 10% of a worker's time).
-    """
-    size = len(decoded.paths)
-    lengths = np.zeros(size, np.int32)
-    lengths[decoded.good] = FEATURE_DIM
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    if decoded.pixels:
-        vectors = np.ascontiguousarray(featurize_batch(decoded.pixels), np.float32)
-    else:
-        vectors = np.zeros((0, FEATURE_DIM), np.float32)
-    features = pa.ListArray.from_arrays(
-        pa.array(offsets),
-        pa.array(vectors.ravel()),
-        type=pa.list_(pa.float32()),
-        mask=pa.array(lengths == 0),
-    )
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array(decoded.paths, pa.string()),
-            pa.array(decoded.labels, pa.string()),
-            features,
-            pa.array(decoded.errors, pa.string()),
-        ],
-        names=["path", "label", "features", "error"],
-    )
-
-
-class SecondsParam:
-    """An accumulator of named seconds, summed key by key (pyspark's AccumulatorParam)."""
-
-    def zero(self, value: dict) -> dict:
-        return {}
-
-    def addInPlace(self, seconds: dict, more: dict) -> dict:  # noqa: N802 (Spark's name)
-        return {name: seconds.get(name, 0.0) + more.get(name, 0.0) for name in seconds | more}
-
-
-class RowsParam:
-    """An accumulator of lists of rows (pyspark's AccumulatorParam protocol)."""
-
-    def zero(self, value: list) -> list:
-        return []
-
-    def addInPlace(self, rows: list, more: list) -> list:  # noqa: N802 (Spark's name)
-        rows.extend(more)
-        return rows
+    root: inputs.InputRoot | str
+    model_key: str
+    flatbuffer: Broadcast  # of the TFLite model's bytes
+    s3_options: dict | None = None
+    batch_size: int = MODEL_BATCH_SIZE
+    overlap_decoding: bool = True
 
 
 def featurize_partition(
-    batches: Iterator[pa.RecordBatch],
-    *,
-    root: inputs.InputRoot | str,
-    model_key: str,
-    flatbuffer,
-    s3_options: dict | None = None,
-    failures=None,
-    cpu_seconds=None,
-    batch_size: int = MODEL_BATCH_SIZE,
-    overlap_decoding: bool = True,
+    batches: Iterator[pa.RecordBatch], job: PartitionJob, failures=None, cpu_seconds=None
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one cached TFLite interpreter per Python worker, threads = task CPUs.
 
-    Rows are (path, label, relpath) of the listed images below `root`. With `overlap_decoding`,
-    a thread reads and decodes the next batch while the model runs on this one (file reads,
-    Pillow and TFLite all release the GIL); at most two batches are in memory. `failures`, an
-    accumulator, also receives the (path, label, error) of every file that failed;
-    `cpu_seconds` the CPU time of the threads decoding and running the model (with one XNNPACK
-    thread, inference runs in the calling thread, so its thread CPU time is the model's).
+    Rows are (path, label, relpath) of the listed images below `job.root`; with
+    `job.overlap_decoding`, a thread decodes the next batch while the model runs on this one.
+    `failures`, an accumulator, also receives the (path, label, error) of every file that
+    failed; `cpu_seconds` the CPU seconds spent decoding and in the model (see `worker_cpu`).
     """
     from pyspark import TaskContext
 
     context = TaskContext.get()
     threads = context.cpus() if context is not None else 1
-    featurizer = cached_featurizer(model_key, lambda: flatbuffer.value, threads, batch_size)
-    read = inputs.file_reader(root, s3_options)
-    spent = {"decoding": 0.0, "model": 0.0}
-
-    def decode(batch: pa.RecordBatch) -> DecodedBatch:
-        started = time.thread_time()
-        decoded = decode_batch(
-            batch.column("path").to_pylist(),
-            batch.column("label").to_pylist(),
-            batch.column("relpath").to_pylist(),
-            read,
-        )
-        spent["decoding"] += time.thread_time() - started
-        return decoded
-
-    def run_model(pixels: list[np.ndarray]) -> np.ndarray:
-        started = time.thread_time()
-        vectors = featurizer(pixels)
-        spent["model"] += time.thread_time() - started
-        return vectors
-
-    def outcomes(decoded: DecodedBatch) -> pa.RecordBatch:
-        rows = outcome_batch(decoded, run_model)
+    featurizer = cached_featurizer(
+        job.model_key, lambda: job.flatbuffer.value, threads, job.batch_size
+    )
+    read = reading.file_reader(job.root, job.s3_options)
+    cpu = worker_cpu.StepCpuSeconds(cpu_seconds)
+    decode = cpu.timed("decoding", lambda batch: decode_listed(batch, read))
+    run_model = cpu.timed("model", featurizer)
+    for decoded in decoded_in_order(batches, decode, job.overlap_decoding):
+        outcomes = outcome_batch(decoded, run_model)
         if failures is not None and len(decoded.good) < len(decoded.paths):
-            failures.add(
-                [
-                    (row["path"], row["label"], row["error"])
-                    for row in rows.select(["path", "label", "error"]).to_pylist()
-                    if row["error"] is not None
-                ]
-            )
-        return rows
-
-    if not overlap_decoding:
-        for batch in batches:
-            yield outcomes(decode(batch))
-    else:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-            pending = None
-            for batch in batches:
-                upcoming = pool.submit(decode, batch)
-                if pending is not None:
-                    yield outcomes(pending.result())
-                pending = upcoming
-            if pending is not None:
-                yield outcomes(pending.result())
-    if cpu_seconds is not None:
-        cpu_seconds.add(spent)
+            failures.add(failed_rows(outcomes))
+        yield outcomes
+    cpu.send()
 
 
 IMAGE_SCHEMA = "path string, label string, relpath string"
@@ -258,34 +145,11 @@ def s3_options(spark, root: inputs.InputRoot) -> dict | None:
     return options
 
 
-def featurize(
-    spark,
-    images,
-    *,
-    root: inputs.InputRoot | str,
-    model_key: str,
-    flatbuffer: bytes,
-    s3_options: dict | None = None,
-    failures=None,
-    cpu_seconds=None,
-    batch_size: int = MODEL_BATCH_SIZE,
-    overlap_decoding: bool = True,
-):
+def featurize(images, job: PartitionJob, failures=None, cpu_seconds=None):
     """(path, label, relpath) rows -> (path, label, features, error) rows."""
-    shipped = spark.sparkContext.broadcast(flatbuffer)
 
     def run(batches):
-        return featurize_partition(
-            batches,
-            root=root,
-            model_key=model_key,
-            flatbuffer=shipped,
-            s3_options=s3_options,
-            failures=failures,
-            cpu_seconds=cpu_seconds,
-            batch_size=batch_size,
-            overlap_decoding=overlap_decoding,
-        )
+        return featurize_partition(batches, job, failures, cpu_seconds)
 
     return images.mapInArrow(run, OUTCOME_SCHEMA)
 
@@ -300,8 +164,8 @@ def write_outputs(
 
     The features are written by one parallel job; the failed files reach the driver through
     the `failures` accumulator of that same job (merged once per partition: the write is a
-    result stage), so the model runs once per image without caching the outcomes. Caching them
-    cost every task 0.3 to 1 s of columnar encoding at its end, 10% of the run.
+    result stage), so the model runs once per image without caching the outcomes: caching them
+    would add a columnar encoding of every task's outcomes at its end.
     """
     from pyspark.sql import functions as F
 
@@ -328,8 +192,8 @@ def write_outputs(
 def task_count(images: int, cores: int, images_per_task: int = IMAGES_PER_TASK) -> int:
     """Tasks for `images` files on `cores`: a multiple of the cores, none above the size cap.
 
-    Every wave of tasks then keeps all cores busy: 4,120 photos in 9 tasks of 500 ended with one
-    task of 93 running alone while the other core idled.
+    Every wave of tasks then keeps all cores busy: with any other count, the last wave has fewer
+    tasks than cores, and a small last task can run alone while the other cores idle.
     """
     waves = max(1, -(-images // (cores * images_per_task)))
     return cores * waves
@@ -371,18 +235,15 @@ def run(spark, args: argparse.Namespace) -> dict:
     tune_for_images(spark)
     failures = spark.sparkContext.accumulator([], RowsParam())
     cpu_seconds = spark.sparkContext.accumulator({}, SecondsParam())
-    outcomes = featurize(
-        spark,
-        images,
+    job = PartitionJob(
         root=root,
         model_key=weights.cache_key,
-        flatbuffer=flatbuffer,
+        flatbuffer=spark.sparkContext.broadcast(flatbuffer),
         s3_options=options,
-        failures=failures,
-        cpu_seconds=cpu_seconds,
         batch_size=args.batch_size,
         overlap_decoding=not args.no_overlap,
     )
+    outcomes = featurize(images, job, failures, cpu_seconds)
     counts = write_outputs(spark, outcomes, failures, listed, args.output, args.errors)
     finished = time.time()
     manifest = {
@@ -398,7 +259,7 @@ def run(spark, args: argparse.Namespace) -> dict:
             "total": round(finished - started, 3),
         },
         # Summed over the Python workers: where a worker's time goes, per run (on EMR too).
-        "worker_cpu_s": {name: round(value, 3) for name, value in cpu_seconds.value.items()},
+        "worker_cpu_s": worker_cpu.manifest_record(cpu_seconds.value),
     }
     storage.write_json(spark, f"{args.output.rstrip('/')}/{FEATURIZE_MANIFEST}", manifest)
     return manifest

@@ -85,10 +85,10 @@ def preprocess(image: Image.Image) -> np.ndarray:
 def pixels(image: Image.Image) -> np.ndarray:
     """The 224x224 RGB pixels the model sees, uint8 (224, 224, 3): upright, RGB, resized.
 
-    A C-contiguous copy (`np.asarray`, 0.05 ms): scaling it into the model's input takes 0.06 ms
-    where a strided view of Pillow's RGBX memory took 0.22 ms (numpy steps through 3 of every 4
-    bytes element by element), so the copy saves 0.1 ms of a worker's time per image
-    (`make bench-batch` measures both).
+    A C-contiguous copy (`np.asarray`): scaling a strided view of Pillow's RGBX memory into the
+    model's input would make numpy step through 3 of every 4 bytes element by element, which
+    costs more than the copy and the contiguous scaling together (`make bench-batch` measures
+    both).
     """
     upright = ImageOps.exif_transpose(image)
     resized = to_rgb(upright).resize(MODEL_INPUT_SIZE, Image.Resampling.BICUBIC)

@@ -2,10 +2,10 @@
 
 The driver resolves the weights, builds the Keras model once and converts it to a TensorFlow Lite
 flatbuffer; executors receive those bytes and run them with LiteRT's interpreter (XNNPACK),
-one interpreter per Python worker, cached across tasks and batches. TFLite runs this model about
-3.5x faster than Keras `predict_on_batch` on CPU with features within 1e-4 of Keras (measured in
-`make bench`), and building the model once on the driver gives every executor the same weights,
-random ones included.
+one interpreter per Python worker, cached across tasks and batches. TFLite runs this model much
+faster than Keras `predict_on_batch` on CPU, with the same features up to float rounding (`make
+bench` measures both), and building the model once on the driver gives every executor the same
+weights, random ones included.
 
 TensorFlow is imported inside functions only: importing this module stays cheap.
 """
@@ -26,10 +26,10 @@ from spark_jobs.images import to_model_scale
 
 FEATURE_DIM = 1280
 INPUT_SHAPE = (224, 224, 3)
-# Images per interpreter call. Two single-threaded interpreters side by side, as the featurize
-# job runs them on 2 cores, gave 384, 360, 336 and 316 images/s at batches of 1, 2, 4 and 8
-# (`make bench-batch`): small batches keep the activations in each core's cache. In the job,
-# 1 and 2 do not differ beyond noise; 2 is also the one-process ceiling's best in `make bench`.
+# Images per interpreter call. Small batches keep the activations in each core's cache, so
+# single-threaded interpreters side by side, as the featurize job runs them, go faster with
+# fewer images a call (`make bench-batch`); 2 is as fast as 1 in the job and is the
+# one-process ceiling's best in `make bench`.
 MODEL_BATCH_SIZE = 2
 RANDOM_WEIGHTS_SEED = 0
 IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -203,11 +203,11 @@ class Featurizer:
 
     Images are either model input (float32, already scaled) or uint8 pixels from
     `images.pixels`, which are scaled straight into the interpreter's input tensor: a float
-    batch in between, then copied into the tensor, cost 0.25 ms an image.
+    batch in between, then copied into the tensor, would cost a copy of every image.
 
     The interpreter is LiteRT's (`ai-edge-litert`), the runtime `tf.lite.Interpreter` is
-    deprecated for and the same code: outputs are identical, and a worker imports it in 0.1 s
-    where `import tensorflow` takes 3 to 4 s and 500 MB. Only a driver converting the model
+    deprecated for and the same code: outputs are identical, and a worker imports it in a
+    fraction of the time and memory `import tensorflow` takes. Only a driver converting the model
     imports TensorFlow. XNNPACK runs `threads` threads; nothing else in the worker spins up pools.
     """
 

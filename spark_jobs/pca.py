@@ -39,7 +39,7 @@ from spark_jobs.pca_math import DEFAULT_VARIANCE, Moments, PcaModel
 
 REDUCED_SCHEMA = "path string, label string, pca_features array<float>, basis string"
 SCATTER_SAMPLE_ROWS = 5000
-# Partial moments merged this many at a time below the driver: d x d each (13 MB at d=1280).
+# Partial moments merged this many at a time below the driver: each holds a d x d matrix.
 TREE_FAN_IN = 4
 
 
@@ -54,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen.add_argument("--fit-basis", help="fit a new basis and write it to this folder")
     chosen.add_argument("--apply-basis", help="reduce in the basis of this folder")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--variance", type=float, help="keep the smallest k reaching it (0.95)")
+    size.add_argument(
+        "--variance", type=float, help=f"keep the smallest k reaching it ({DEFAULT_VARIANCE})"
+    )
     size.add_argument("--k", type=int, help="or keep a fixed number of components")
     parser.add_argument("--days", nargs="*", default=[], help="the days fitted (for the record)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """PCA math: the one place that standardizes, fits and projects. numpy only.
 
-Why not `pyspark.ml.feature.PCA`: at d=1280 its driver-side SVD is wrong in about half the fits
-(explained variance 0.06 where numpy gives 0.215). Why not `RowMatrix.computeCovariance`: it needs
+Why not `pyspark.ml.feature.PCA`: at the features' d its driver-side SVD is often wrong (explained
+variances far from numpy's on the same rows). Why not `RowMatrix.computeCovariance`: it needs
 one pass for the scaler and another for the Gramian, and subtracts the mean afterwards, which
 loses precision when means are large. Here each partition reduces its rows to (n, mean, centred
 scatter matrix) in one pass, partials merge pairwise (Chan et al.'s update, exact in exact
@@ -25,11 +25,34 @@ DEFAULT_VARIANCE = 0.95
 
 
 @dataclass
-class Moments:
-    """Count, mean and centred scatter matrix of a set of rows: what partitions send back."""
+class PooledRows:
+    """Count and mean of a set of rows, with sums of squared deviations from the mean that a
+    subclass keeps: sets merge pairwise by Chan et al.'s update (exact in exact arithmetic)."""
 
     n: int
     mean: np.ndarray  # (d,)
+
+    def merge(self, other):
+        """Both sets as one (of the same subclass)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        return self.merged(other, n, mean, delta, self.n * other.n / n)
+
+    def merged(self, other, n: int, mean: np.ndarray, delta: np.ndarray, weight: float):
+        """Both sets as one: their sums of squared deviations plus `weight` times the squares
+        of `delta`, the gap between their means."""
+        raise NotImplementedError
+
+
+@dataclass
+class Moments(PooledRows):
+    """Count, mean and centred scatter matrix of a set of rows: what partitions send back."""
+
     scatter: np.ndarray  # (d, d): sum of outer products of centred rows
 
     @classmethod
@@ -44,16 +67,8 @@ class Moments:
         # A NaN or infinite value anywhere in the rows leaves NaN or inf in the mean or scatter.
         return bool(np.isfinite(self.mean).all() and np.isfinite(self.scatter).all())
 
-    def merge(self, other: Moments) -> Moments:
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
-        return Moments(n, mean, scatter)
+    def merged(self, other: Moments, n, mean, delta, weight) -> Moments:
+        return Moments(n, mean, self.scatter + other.scatter + np.outer(delta, delta) * weight)
 
 
 @dataclass
@@ -119,12 +134,10 @@ class PcaModel:
 
 
 @dataclass
-class Spread:
+class Spread(PooledRows):
     """Count, mean and sum of squared deviations of each column: the diagonal of `Moments`,
     O(d) numbers where `Moments` ships d x d."""
 
-    n: int
-    mean: np.ndarray  # (columns,)
     squares: np.ndarray  # (columns,): sum of squared deviations from the mean
 
     @classmethod
@@ -139,17 +152,8 @@ class Spread:
             squares.append(np.einsum("ij,ij->j", centred, centred))
         return cls(len(blocks[0]), np.concatenate(means), np.concatenate(squares))
 
-    def merge(self, other: Spread) -> Spread:
-        """Chan et al.'s update, as `Moments.merge` on the diagonal."""
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        squares = self.squares + other.squares + delta**2 * (self.n * other.n / n)
-        return Spread(n, mean, squares)
+    def merged(self, other: Spread, n, mean, delta, weight) -> Spread:
+        return Spread(n, mean, self.squares + other.squares + delta**2 * weight)
 
 
 def standard_scale(moments: Moments) -> np.ndarray:

@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime
 import numpy as np
 
 from spark_jobs import basis, featurized, pca, pca_math
+from spark_jobs.accumulators import DaySpreadsParam
 
 DAY_COLUMN = "dt"
 
@@ -78,18 +79,6 @@ def is_day(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class DaySpreadsParam:
-    """An accumulator of {day: Spread}, merged day by day (pyspark's AccumulatorParam)."""
-
-    def zero(self, value: dict) -> dict:
-        return {}
-
-    def addInPlace(self, spreads: dict, more: dict) -> dict:  # noqa: N802 (Spark's name)
-        for day, spread in more.items():
-            spreads[day] = spreads[day].merge(spread) if day in spreads else spread
-        return spreads
 
 
 def read_days(spark, inputs: list[str]):

@@ -40,8 +40,8 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.ui.enabled", "false")
             .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "2g"))
-            # The JVM only moves bytes here; the work is in Python. Its C2 JIT compiler took
-            # 17 of the 80 CPU-seconds of a 45 s featurize run on 2 cores; C1 alone takes 2.
+            # The JVM only moves bytes here; the work is in Python. Its C2 JIT compiler would take
+            # a sizeable share of a short job's CPU time for code that runs little; C1 is enough.
             .config("spark.driver.extraJavaOptions", LOCAL_JAVA_OPTIONS)
         )
     return builder.getOrCreate()

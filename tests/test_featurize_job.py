@@ -13,6 +13,7 @@ import pytest
 
 from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
 from spark_jobs import featurize
+from spark_jobs.accumulators import SecondsParam
 from spark_jobs.images import load_model_input, load_pixels, to_model_scale
 from spark_jobs.model import (
     FEATURE_DIM,
@@ -117,7 +118,7 @@ def test_worker_cpu_time_is_recorded_for_decoding_and_the_model(outputs):
 
 
 def test_cpu_seconds_are_summed_name_by_name():
-    param = featurize.SecondsParam()
+    param = SecondsParam()
     total = param.zero({})
     for part in ({"decoding": 0.5, "model": 2.0}, {"decoding": 0.25}, {"model": 0.0}):
         total = param.addInPlace(total, part)

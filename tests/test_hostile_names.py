@@ -1,8 +1,8 @@
 """Every legal file name works; symbolic links are never followed (issue #17).
 
-The listing and reading of `spark_jobs.inputs` on the hostile-name and link corpora, the count
-Airflow makes with it, the real featurize job on local Spark, and S3 keys (moto) through
-pyarrow.fs.
+The listing of `spark_jobs.inputs` and the reading of `spark_jobs.reading` on the hostile-name
+and link corpora, the count Airflow makes with it, the real featurize job on local Spark, and S3
+keys (moto) through pyarrow.fs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from devtools.samples import NameCase, make_hostile_name_corpus, make_link_corpu
 from fruits_pipeline import validation
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage, S3LakeStorage
-from spark_jobs import inputs
+from spark_jobs import inputs, reading
 
 D = date(2026, 3, 4)
 SYMLINK = "symbolic link, not followed"
@@ -99,7 +99,7 @@ def test_undecodable_names_are_errors_with_readable_escaped_names(lake):
 
 def test_reader_reads_exact_bytes_under_every_hostile_name(lake):
     lake_, cases, _ = lake
-    read = inputs.file_reader(lake_.raw(D))
+    read = reading.file_reader(lake_.raw(D))
     raw = Path(lake_.raw(D))
     for case in cases:
         if case.expected == "processed":
@@ -111,25 +111,25 @@ def test_reader_never_follows_a_link_even_one_made_after_the_listing(tmp_path):
     make_link_corpus(root, outside)
     listed = {e.relpath: e for e in inputs.list_inputs(str(root))}
     assert listed["Linked/real.jpg"].error is None
-    read = inputs.file_reader(str(root))
+    read = reading.file_reader(str(root))
     for relpath in ("Linked/evil.jpg", "Linked/passwd.jpg", "Linked/loop.jpg",
                     "Linked again/real.jpg", "Linked/up/Linked/real.jpg",
                     "Folder link/inside.jpg"):  # fmt: skip
-        with pytest.raises(inputs.UnreadableFile, match=f"^{SYMLINK}$"):
+        with pytest.raises(reading.UnreadableFile, match=f"^{SYMLINK}$"):
             read(relpath)
-    with pytest.raises(inputs.UnreadableFile, match="^not a regular file$"):
+    with pytest.raises(reading.UnreadableFile, match="^not a regular file$"):
         read("Linked/pipe.jpg")  # never blocks on a fifo
     # Swapped for a link between the listing and the read: refused, the target not read.
     os.replace(root / "Linked/real.jpg", tmp_path / "moved.jpg")
     (root / "Linked/real.jpg").symlink_to(outside / "secret.jpg")
-    with pytest.raises(inputs.UnreadableFile, match=f"^{SYMLINK}$"):
+    with pytest.raises(reading.UnreadableFile, match=f"^{SYMLINK}$"):
         read("Linked/real.jpg")
     (root / "Labelled").mkdir()
     (root / "Labelled/x.jpg").write_bytes(b"x")
     assert read("Labelled/x.jpg") == b"x"
     os.rename(root / "Labelled", tmp_path / "away")
     (root / "Labelled").symlink_to(outside / "folder")
-    with pytest.raises(inputs.UnreadableFile, match=f"^{SYMLINK}$"):
+    with pytest.raises(reading.UnreadableFile, match=f"^{SYMLINK}$"):
         read("Labelled/inside.jpg")
 
 
@@ -266,11 +266,11 @@ def test_s3_listing_agrees_with_airflow_and_reads_exact_keys(s3):
     got = {e.path: ("error" if e.error else "processed", e.label) for e in listed}
     assert got == expected
     assert validation.count_images(S3LakeStorage(lake, client), lake, D) == len(listed)
-    read = inputs.file_reader(root, options)
+    read = reading.file_reader(root, options)
     for entry in listed:
         if entry.error is None:
             assert read(entry.relpath) == entry.relpath.encode(), entry.relpath
-    with pytest.raises(inputs.UnreadableFile, match="cannot read object"):
+    with pytest.raises(reading.UnreadableFile, match="cannot read object"):
         read("Kiwi/missing.jpg")
     with pytest.raises(FileNotFoundError, match="--input"):
         inputs.list_inputs(lake.raw(date(2026, 3, 5)), options)

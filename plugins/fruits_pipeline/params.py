@@ -14,11 +14,12 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from fruits_pipeline.lake import S3_SCHEMES, Lake
+from spark_jobs.model import FEATURE_DIM
 from spark_jobs.pca_math import DEFAULT_VARIANCE
 
 DEFAULT_MAX_ERROR_RATIO = 0.05
 DEFAULT_WEIGHTS = "imagenet"
-MAX_K = 1280  # MobileNetV2 feature vectors have 1280 components
+MAX_K = FEATURE_DIM  # a basis has at most one component per feature
 NAMED_WEIGHTS = ("imagenet", "random")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 

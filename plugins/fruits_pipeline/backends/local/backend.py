@@ -46,8 +46,8 @@ class LocalBackend(ClusterBackend):
         conf = {
             "spark.ui.enabled": "false",
             "spark.driver.host": "127.0.0.1",
-            # Short jobs whose heavy work is in Python: the C2 JIT compiler would burn a third of
-            # the cores' time in a one-minute job (see spark_jobs/session.py).
+            # Short jobs whose heavy work is in Python: the C2 JIT compiler would take a sizeable
+            # share of the cores' time from them (see spark_jobs/session.py).
             "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
             "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
         }
