@@ -98,13 +98,13 @@ clean:
 .PHONY: airflow airflow-stop airflow-cli
 PORT ?= 8080
 airflow: $(STAMP)
-	$(PY) -m devtools.airflow_stack start --home .airflow --port $(PORT) \
+	$(PY) -m devtools.stack start --home .airflow --port $(PORT) \
 		--lake "$(or $(LAKE),.lake)" $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 airflow-stop:
-	if [ -x $(PY) ]; then $(PY) -m devtools.airflow_stack stop --home .airflow; fi
+	if [ -x $(PY) ]; then $(PY) -m devtools.stack stop --home .airflow; fi
 
 # The airflow CLI on that stack, e.g. ARGS="backfill create --dag-id fruits_features ...".
 ARGS ?= --help
 airflow-cli: $(STAMP)
-	$(PY) -m devtools.airflow_stack airflow --home .airflow $(ARGS)
+	$(PY) -m devtools.stack airflow --home .airflow $(ARGS)

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from fruits_pipeline.settings import SHARED_WEIGHTS
 from spark_jobs.basis import new_basis_id
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BENCH_IMAGES = SHARED / "data" / "fruits360-bench"
-WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
 RESULTS = REPO / "bench" / "results"
 TARGETS = {"b/a throughput": 5.0, "b/a whole process": 3.5, "b/c throughput": 0.8}
 
@@ -189,12 +189,12 @@ def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
         output = work / f"seeds-{name}"
         command = python_module(
             "bench.seeds_featurize", "--input", str(sets[name]), "--output", str(output),
-            "--weights", str(WEIGHTS),
+            "--weights", str(SHARED_WEIGHTS),
         )
         return best_run(command, env, before=lambda: shutil.rmtree(output, ignore_errors=True))
 
     job_env = env | {"FRUITS_MODEL_CACHE": str(work / "model-cache")}
-    job_args = ["--errors", str(work / "errors"), "--weights", str(WEIGHTS)]
+    job_args = ["--errors", str(work / "errors"), "--weights", str(SHARED_WEIGHTS)]
 
     def job(name: str, run_env: dict[str, str] = job_env) -> dict:
         output = work / f"features-{name}"
@@ -221,7 +221,7 @@ def featurize_benchmarks(work: Path, env: dict[str, str]) -> dict:
         job_env,
     )
     ceiling_command = python_module(
-        "bench.ceiling", "--input", str(BENCH_IMAGES), "--weights", str(WEIGHTS)
+        "bench.ceiling", "--input", str(BENCH_IMAGES), "--weights", str(SHARED_WEIGHTS)
     )
     # (c) right before and right after (b), the faster kept: this machine's speed drifts over
     # minutes, so (c) measured once, minutes away from (b), made b/c vary from run to run.
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pca-sizes", default="0,20000,100000", help="rows; 0 = the real featurize output"
     )
     args = parser.parse_args(argv)
-    if not (BENCH_IMAGES.is_dir() and WEIGHTS.is_file()):
+    if not (BENCH_IMAGES.is_dir() and SHARED_WEIGHTS.is_file()):
         print(f"make bench needs ../shared's bench photos and weights ({SHARED}); absent here")
         return 2
     env = os.environ | {"SPARK_LOCAL_IP": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.ceiling import decoded, one_process_by_batch_size
-from bench.run import BENCH_IMAGES, SHARED, WEIGHTS
+from bench.run import BENCH_IMAGES, SHARED
+from fruits_pipeline.settings import SHARED_WEIGHTS
 from spark_jobs.images import MODEL_INPUT_SIZE, load_pixels, to_model_scale
 from spark_jobs.model import Featurizer, Weights, file_sha256, tflite_model
 
@@ -90,7 +91,7 @@ def scaling_ms_per_image(paths: list[Path], repeats: int = 5) -> dict[str, float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", default=str(BENCH_IMAGES))
-    parser.add_argument("--weights", default=str(WEIGHTS))
+    parser.add_argument("--weights", default=str(SHARED_WEIGHTS))
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     args = parser.parse_args(argv)

@@ -18,7 +18,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devtools import demo
+from devtools.airflow_env import choose_weights
+from devtools.demo import check_lake, check_weights
+from devtools.staging import DemoError
+from devtools.throwaway import dags_test, exit_on_signal, run_throwaway
 from fruits_pipeline import basis, refit
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
@@ -54,10 +57,10 @@ def bases_table(lake: Lake) -> str:
 
 
 def check(args: argparse.Namespace) -> tuple[Lake, dict]:
-    """The checked lake and the DAG's conf; raises demo.DemoError naming what is wrong."""
-    lake = demo.check_lake(args.lake)
+    """The checked lake and the DAG's conf; raises DemoError naming what is wrong."""
+    lake = check_lake(args.lake)
     if not Path(lake.root).is_dir():
-        raise demo.DemoError(f"LAKE {args.lake!r} does not exist: run make demo first")
+        raise DemoError(f"LAKE {args.lake!r} does not exist: run make demo first")
     conf = {"from_date": args.from_date, "to_date": args.to_date}
     if args.k is not None:
         conf["k"] = args.k
@@ -70,12 +73,12 @@ def check(args: argparse.Namespace) -> tuple[Lake, dict]:
         message = str(err)
         for name, shown in names.items():
             message = message.replace(name, shown)
-        raise demo.DemoError(message) from None
+        raise DemoError(message) from None
     if args.from_date is None:
-        raise demo.DemoError("give FROM=YYYY-MM-DD and TO=YYYY-MM-DD: the days to fit on")
+        raise DemoError("give FROM=YYYY-MM-DD and TO=YYYY-MM-DD: the days to fit on")
     published = refit.published_days(LocalLakeStorage(), lake)
     if not [dt for dt in published if params.first <= dt <= params.last]:
-        raise demo.DemoError(
+        raise DemoError(
             f"no published day in {params.first} .. {params.last} in {lake.root} "
             f"(published: {', '.join(map(str, published)) or 'none'})"
         )
@@ -113,21 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.list:
-            print(bases_table(demo.check_lake(args.lake)))
+            print(bases_table(check_lake(args.lake)))
             return 0
         lake, conf = check(args)
-        weights = demo.choose_weights(
-            demo.check_weights(args.weights, lake) if args.weights else None
-        )
-    except demo.DemoError as err:
+        weights = choose_weights(check_weights(args.weights, lake) if args.weights else None)
+    except DemoError as err:
         print(f"make refit: {err}", file=sys.stderr)
         return err.code
     found = basis.current(LocalLakeStorage(), lake)
     before = found[1]["basis"] if found else None
     dag_id = "fruits_pca_basis"
-    outcome = demo.run_throwaway(
-        lake, weights, dag_id, lambda env: demo.dags_test(env, dag_id, conf)
-    )
+    outcome = run_throwaway(lake, weights, dag_id, lambda env: dags_test(env, dag_id, conf))
     if outcome.interrupted:
         print(f"\nresult:   {outcome.interrupted.upper()}: see the log above", file=sys.stderr)
         return outcome.code
@@ -136,6 +135,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, demo.exit_on_signal)
-    signal.signal(signal.SIGHUP, demo.exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    signal.signal(signal.SIGHUP, exit_on_signal)
     sys.exit(main())

@@ -210,7 +210,7 @@ def _sample_fruit() -> Image.Image:
 
 
 def _smooth_large_photo() -> Image.Image:
-    """4000x3000 RGB: gradients compress to a small JPEG, yet decoding needs 36 MB."""
+    """4000x3000 RGB: gradients compress to a small JPEG, yet decoding takes every pixel."""
     width, height = 4000, 3000
     red = np.broadcast_to(np.linspace(40, 250, width), (height, width))
     green = np.broadcast_to(np.linspace(60, 220, height)[:, None], (height, width))

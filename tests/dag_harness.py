@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 import pytest
 
+from devtools.airflow_env import base_env
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
@@ -70,14 +71,7 @@ _modules = itertools.count()
 def airflow_db(tmp_path_factory) -> Iterator[Path]:
     """AIRFLOW_HOME of the session: SQLite metadata DB migrated, the repo's DAGs and plugins."""
     home = tmp_path_factory.mktemp("airflow-home")
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-    }
+    env = base_env(home)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)

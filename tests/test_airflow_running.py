@@ -1,13 +1,13 @@
 """Airflow 3 running as its users run it (`make airflow`), operated through its UI, CLI and API.
 
-One stack for the module (`devtools.airflow_stack`: api-server, scheduler, dag-processor
+One stack for the module (`devtools.stack`: api-server, scheduler, dag-processor
 and triggerer on 127.0.0.1, SQLite, LocalExecutor) on a free port, with a temporary
 AIRFLOW_HOME, lake and cluster state directory, random weights and FRUITS_MAX_ACTIVE_RUNS=1.
 The tests run in file order:
 
 - a: in headless Chromium, log in, open `fruits_features`, trigger it through the form with a
   partition_date and variance 0.8; the run succeeds and publishes that partition with 0.8;
-- b: `airflow backfill create` (through `airflow_stack airflow`, as `make airflow` tells its
+- b: `airflow backfill create` (through `devtools.stack airflow`, as `make airflow` tells its
   users) over three days, the middle one without uploads: the first and last are published,
   the middle one skips without a cluster, no more clusters are alive at once than
   max_active_runs; a second backfill, of the last two days, reprocessing completed runs gives
@@ -36,9 +36,10 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from devtools import airflow_stack
 from devtools.samples import make_synthetic_fruits
-from fruits_pipeline import basis
+from devtools.stack import cli, client, components
+from devtools.stack import config as stack_config
+from fruits_pipeline import basis, procs
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
@@ -71,8 +72,8 @@ RUN_TIMEOUT_S = 900
 
 @dataclass
 class Running:
-    config: airflow_stack.StackConfig
-    stack: airflow_stack.Stack
+    config: stack_config.StackConfig
+    stack: stack_config.Stack
     lake: Lake
     token: str
 
@@ -82,15 +83,15 @@ class Running:
 
     @property
     def env(self) -> dict[str, str]:
-        return airflow_stack.airflow_env(self.config)
+        return stack_config.airflow_env(self.config)
 
     def api(self, path: str, **kwargs) -> Any:
-        return airflow_stack.api(self.stack, path, token=self.token, **kwargs)
+        return client.api(self.stack, path, token=self.token, **kwargs)
 
     def airflow(self, *args: str) -> subprocess.CompletedProcess:
-        """The `airflow` CLI on this stack, as `airflow_stack airflow ...` runs it for a user."""
+        """The `airflow` CLI on this stack, as `devtools.stack airflow ...` runs it for a user."""
         return subprocess.run(
-            airflow_stack.airflow_cli(*args, env=self.env),
+            cli.airflow_cli(*args, env=self.env),
             env=self.env,
             capture_output=True,
             text=True,
@@ -157,7 +158,7 @@ def wait_for(
     fail at once when a component of the stack exited."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
-        if dead := airflow_stack.dead_components(running.stack):
+        if dead := client.dead_components(running.stack):
             raise AssertionError(f"{what}: Airflow's {dead} exited; see {running.stack.log_dir}")
         if every:
             every()
@@ -207,10 +208,10 @@ def running(tmp_path_factory) -> Iterator[Running]:
         counts = make_synthetic_fruits(Path(lake.raw(dt)), n_classes=2, per_class=3, seed=seed)
         assert sum(counts.values()) == IMAGES
     Path(lake.raw(D2)).mkdir(parents=True)
-    config = airflow_stack.StackConfig(
+    config = stack_config.StackConfig(
         home=tmp / "airflow-home",
         lake=Path(lake.root),
-        port=airflow_stack.free_port(),
+        port=procs.free_port(),
         state_dir=tmp / "clusters",
         weights="random",
         env={
@@ -221,11 +222,11 @@ def running(tmp_path_factory) -> Iterator[Running]:
         },
     )
     try:
-        stack = airflow_stack.start(config)
-        yield Running(config, stack, lake, airflow_stack.api_token(stack))
+        stack = components.start(config)
+        yield Running(config, stack, lake, client.api_token(stack))
     finally:
         # Whatever failed: nothing of the stack, nor of its clusters, keeps running.
-        airflow_stack.stop(config.home)
+        components.stop(config.home)
 
 
 def test_a_a_run_triggered_from_the_ui_form_publishes_its_partition(running):
@@ -336,7 +337,7 @@ def backfill(
     assert created.returncode == 0, (created.stdout + created.stderr)[-6000:]
     backfills = running.api(f"/backfills?dag_id={DAG_ID}")["backfills"]
     backfill_id = max(b["id"] for b in backfills)
-    # Not Airflow's default of 10: the DAG's limit, which `airflow_stack airflow` supplies.
+    # Not Airflow's default of 10: the DAG's limit, which `devtools.stack airflow` supplies.
     assert running.api(f"/backfills/{backfill_id}")["max_active_runs"] == MAX_ACTIVE_RUNS
     peak = 0
 
@@ -484,16 +485,16 @@ def test_c_the_daily_run_processes_the_previous_complete_day(running):
 
 def test_d_stopping_leaves_no_process(running):
     home, state_dir = Path(running.config.home).resolve(), running.state_dir
-    stopped = airflow_stack.stop(home)
+    stopped = components.stop(home)
     print(f"\nstopped: {stopped}")
     assert f"process group {running.stack.pgid}" in stopped
-    assert airflow_stack.leftover_processes(home) == []
+    assert components.leftover_processes(home) == []
     assert processes_naming(home, state_dir) == []
     for cluster_id in cluster_ids(state_dir):
         assert local_cluster.cluster_processes_alive(state_dir, cluster_id) == []
         assert local_cluster.describe_cluster(state_dir, cluster_id)["state"] == "TERMINATED"
-    assert not (home / airflow_stack.STACK_FILE).exists()
-    assert airflow_stack.health(running.stack) is None
+    assert not (home / stack_config.STACK_FILE).exists()
+    assert client.health(running.stack) is None
 
 
 def processes_naming(*paths: Path) -> list[str]:
@@ -506,7 +507,7 @@ def processes_naming(*paths: Path) -> list[str]:
             continue
         environ = proc.info["environ"] or {}
         cmdline = " ".join(proc.info["cmdline"] or [])
-        names = ("AIRFLOW_HOME", "FRUITS_LOCAL_STATE_DIR", airflow_stack.STACK_ENV)
+        names = ("AIRFLOW_HOME", "FRUITS_LOCAL_STATE_DIR", stack_config.STACK_ENV)
         if {environ.get(name) for name in names} & texts or any(t in cmdline for t in texts):
             found.append(f"{proc.pid}: {cmdline[:300]}")
     return found

@@ -1,4 +1,4 @@
-"""`devtools.airflow_stack` without starting Airflow: its environment, the password, and
+"""`devtools.stack` without starting Airflow: its environment, the password, and
 what `stop` may and may not signal. The running stack is tested in test_airflow_running.py."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from devtools import airflow_stack
+from devtools.stack import cli, components
+from devtools.stack import config as stack_config
 from fruits_pipeline.settings import REPO_ROOT
 
 
-def config(tmp_path: Path, **kwargs) -> airflow_stack.StackConfig:
-    return airflow_stack.StackConfig(home=tmp_path / "home", lake=tmp_path / "lake", **kwargs)
+def config(tmp_path: Path, **kwargs) -> stack_config.StackConfig:
+    return stack_config.StackConfig(home=tmp_path / "home", lake=tmp_path / "lake", **kwargs)
 
 
 def sleeper(env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -39,7 +40,7 @@ def test_environment_binds_loopback_and_ignores_the_callers_airflow(tmp_path, mo
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "64")
     monkeypatch.setenv("FRUITS_DAILY_AT", "03:30")
     cfg = config(tmp_path, port=18123, weights="random", env={"FRUITS_MAX_ACTIVE_RUNS": "3"})
-    env = airflow_stack.airflow_env(cfg)
+    env = stack_config.airflow_env(cfg)
     home = str((tmp_path / "home").resolve())
     assert {k: v for k, v in env.items() if k.startswith("AIRFLOW")} == {
         "AIRFLOW_HOME": home,
@@ -48,7 +49,7 @@ def test_environment_binds_loopback_and_ignores_the_callers_airflow(tmp_path, mo
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "8",
-        "AIRFLOW__CORE__AUTH_MANAGER": airflow_stack.SIMPLE_AUTH_MANAGER,
+        "AIRFLOW__CORE__AUTH_MANAGER": stack_config.SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": (
@@ -75,12 +76,12 @@ def test_environment_binds_loopback_and_ignores_the_callers_airflow(tmp_path, mo
 def test_the_password_is_generated_once_and_kept_private(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    password = airflow_stack.ensure_password(home)
-    path = home / airflow_stack.LOGIN_FILE
+    password = stack_config.ensure_password(home)
+    path = home / stack_config.LOGIN_FILE
     assert len(password) >= 16
     assert json.loads(path.read_text()) == {"admin": password}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert airflow_stack.ensure_password(home) == password
+    assert stack_config.ensure_password(home) == password
 
 
 def test_start_refuses_a_port_already_taken(tmp_path):
@@ -89,12 +90,12 @@ def test_start_refuses_a_port_already_taken(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"port {port} of 127.0.0.1 is taken"):
-            airflow_stack.start(config(tmp_path, port=port))
-    assert not (tmp_path / "home" / airflow_stack.STACK_FILE).exists()
+            components.start(config(tmp_path, port=port))
+    assert not (tmp_path / "home" / stack_config.STACK_FILE).exists()
 
 
 def test_stop_with_nothing_started_does_nothing(tmp_path):
-    assert airflow_stack.stop(tmp_path / "home") == []
+    assert components.stop(tmp_path / "home") == []
 
 
 def test_stop_never_signals_a_process_group_of_a_stale_record(tmp_path):
@@ -116,10 +117,10 @@ def test_stop_never_signals_a_process_group_of_a_stale_record(tmp_path):
             "weights": None,
             "env": {},
         }
-        (home / airflow_stack.STACK_FILE).write_text(json.dumps(record))
-        assert airflow_stack.stop(home) == []
+        (home / stack_config.STACK_FILE).write_text(json.dumps(record))
+        assert components.stop(home) == []
         assert other.poll() is None
-        assert not (home / airflow_stack.STACK_FILE).exists()
+        assert not (home / stack_config.STACK_FILE).exists()
     finally:
         other.kill()
         other.wait()
@@ -129,16 +130,16 @@ def test_stop_stops_what_the_stack_left_behind(tmp_path):
     """A process marked with the home (a task, a Spark worker) outside the process group."""
     home = (tmp_path / "home").resolve()
     home.mkdir()
-    left = sleeper(os.environ | {airflow_stack.STACK_ENV: str(home)})
-    unrelated = sleeper(os.environ | {airflow_stack.STACK_ENV: str(tmp_path / "other")})
+    left = sleeper(os.environ | {stack_config.STACK_ENV: str(home)})
+    unrelated = sleeper(os.environ | {stack_config.STACK_ENV: str(tmp_path / "other")})
     try:
         deadline = time.monotonic() + 30
-        while [p.pid for p in airflow_stack.leftover_processes(home)] != [left.pid]:
+        while [p.pid for p in components.leftover_processes(home)] != [left.pid]:
             assert time.monotonic() < deadline, "the marked process never showed up"
             time.sleep(0.1)
-        assert airflow_stack.stop(home) == [f"pid {left.pid}"]
+        assert components.stop(home) == [f"pid {left.pid}"]
         assert left.wait(timeout=10) is not None
-        assert airflow_stack.leftover_processes(home) == []
+        assert components.leftover_processes(home) == []
         assert psutil.Process(unrelated.pid).status() != psutil.STATUS_ZOMBIE
     finally:
         for proc in (left, unrelated):
@@ -149,18 +150,18 @@ def test_stop_stops_what_the_stack_left_behind(tmp_path):
 def test_a_backfill_gets_the_dags_run_limit_unless_it_names_one():
     env = {"FRUITS_MAX_ACTIVE_RUNS": "3"}
     create = ["backfill", "create", "--dag-id", "fruits_features"]
-    assert airflow_stack.with_backfill_limit(create, env) == [*create, "--max-active-runs", "3"]
+    assert cli.with_backfill_limit(create, env) == [*create, "--max-active-runs", "3"]
     named = [*create, "--max-active-runs", "5"]
-    assert airflow_stack.with_backfill_limit(named, env) == named
-    assert airflow_stack.with_backfill_limit([*create, "--max-active-runs=5"], env)[-1] == (
+    assert cli.with_backfill_limit(named, env) == named
+    assert cli.with_backfill_limit([*create, "--max-active-runs=5"], env)[-1] == (
         "--max-active-runs=5"
     )
     # Other commands pass through untouched.
-    assert airflow_stack.with_backfill_limit(["dags", "list"], env) == ["dags", "list"]
-    command = airflow_stack.airflow_cli(*create, env=env)
+    assert cli.with_backfill_limit(["dags", "list"], env) == ["dags", "list"]
+    command = cli.airflow_cli(*create, env=env)
     assert command[-2:] == ["--max-active-runs", "3"]
 
 
 def test_an_invalid_run_limit_is_refused_by_name():
     with pytest.raises(ValueError, match="FRUITS_MAX_ACTIVE_RUNS"):
-        airflow_stack.with_backfill_limit(["backfill", "create"], {"FRUITS_MAX_ACTIVE_RUNS": "0"})
+        cli.with_backfill_limit(["backfill", "create"], {"FRUITS_MAX_ACTIVE_RUNS": "0"})

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from devtools import demo
+from devtools import demo, staging, throwaway
 from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
@@ -126,8 +126,8 @@ def run_partition(env: Env, scenario: str, raw: Path | None, dt: date) -> Run:
     """What `make demo` does, on the module's AIRFLOW_HOME: stage RAW (None: the partition is
     already in place), `airflow dags test`, summary."""
     state_dir = env.state_dir(scenario)
-    images = demo.stage_raw(str(raw), Path(env.lake.raw(dt))) if raw else "already in the lake"
-    airflow_env = demo.airflow_env(env.home, Path(env.lake.root), "random") | {
+    images = staging.stage_raw(str(raw), Path(env.lake.raw(dt))) if raw else "already in the lake"
+    airflow_env = throwaway.airflow_env(env.home, Path(env.lake.root), "random") | {
         "FRUITS_LOCAL_STATE_DIR": str(state_dir),
         # A safety net: a cluster nobody terminates stops by itself.
         "FRUITS_LOCAL_IDLE_TIMEOUT_S": "600",
@@ -175,7 +175,7 @@ def env(tmp_path_factory) -> Iterator[Env]:
     lake = Lake(str(tmp / "lake"))
     subprocess.run(
         [AIRFLOW, "db", "migrate"],
-        env=demo.airflow_env(home, Path(lake.root), "random"),
+        env=throwaway.airflow_env(home, Path(lake.root), "random"),
         capture_output=True,
         check=True,
         timeout=300,
@@ -347,13 +347,13 @@ def test_c_an_empty_upload_folder_is_refused_before_anything(tmp_path, monkeypat
     raw.mkdir()
     lake = Lake(str(tmp_path / "lake"))
     homes: list[Path] = []
-    airflow_env = demo.airflow_env
+    airflow_env = throwaway.airflow_env
 
     def recorded(home: Path, lake_root: Path, weights: str) -> dict[str, str]:
         homes.append(home)
         return airflow_env(home, lake_root, weights)
 
-    monkeypatch.setattr(demo, "airflow_env", recorded)
+    monkeypatch.setattr(throwaway, "airflow_env", recorded)
     argv = ["--raw", str(raw), "--date", str(D_EMPTY), "--lake", lake.root, "--weights", "random"]
     code = demo.main(argv)
     out, err = capfd.readouterr()

@@ -23,6 +23,7 @@ from airflow.serialization.serialized_objects import DagSerialization
 from airflow.timetables.base import DataInterval, TimeRestriction
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from devtools.airflow_env import base_env
 from fruits_pipeline.params import partition_date_from_context
 from fruits_pipeline.settings import PipelineSettings
 
@@ -323,11 +324,7 @@ def test_importing_the_dag_imports_neither_tensorflow_nor_pyspark(tmp_path, back
         for name, value in os.environ.items()
         if not name.startswith(("FRUITS_", "AIRFLOW", "PYSPARK", "SPARK"))
     }
-    env |= settings_env(tmp_path, backend) | {
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
-    }
+    env |= settings_env(tmp_path, backend) | base_env(tmp_path / "airflow")
     probe = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE, str(DAG_FILE)],
         env=env,

@@ -20,8 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from devtools import demo
+from devtools import demo, staging, throwaway
 from devtools.samples import make_synthetic_fruits
+from fruits_pipeline import procs
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 
@@ -180,7 +181,7 @@ def test_a_bad_parameter_is_one_line_naming_it_and_touches_nothing(
 def no_dag(monkeypatch):
     """demo.main with everything real but `airflow dags test`; records the Airflow homes."""
     homes: list[Path] = []
-    airflow_env = demo.airflow_env
+    airflow_env = throwaway.airflow_env
 
     def recording_env(home, lake_root, weights):
         homes.append(home)
@@ -191,7 +192,7 @@ def no_dag(monkeypatch):
         assert env[local_cluster.OWNER_ENV] == str(os.getpid())
         return 0
 
-    monkeypatch.setattr(demo, "airflow_env", recording_env)
+    monkeypatch.setattr(throwaway, "airflow_env", recording_env)
     monkeypatch.setattr(demo, "run_dag", fake_run_dag)
     return homes
 
@@ -213,10 +214,10 @@ def test_a_copy_that_fails_halfway_leaves_the_lake_as_it_was(
     def copy_then_fail(source: str, target: str) -> None:
         if len(copied) == 5:
             raise failure
-        demo.shutil.copyfile(source, target, follow_symlinks=False)
+        staging.shutil.copyfile(source, target, follow_symlinks=False)
         copied.append(target)
 
-    monkeypatch.setattr(demo, "_copy_file", copy_then_fail)
+    monkeypatch.setattr(staging, "_copy_file", copy_then_fail)
     argv = [*demo_args(raw, lake)]
     argv[argv.index("--date") + 1] = "2026-04-02"
 
@@ -237,7 +238,7 @@ def test_a_failed_copy_into_a_new_lake_leaves_no_lake(tmp_path, monkeypatch, cap
     def failing_copy(source: str, target: str) -> None:
         raise PermissionError(13, "Permission denied", source)
 
-    monkeypatch.setattr(demo, "_copy_file", failing_copy)
+    monkeypatch.setattr(staging, "_copy_file", failing_copy)
     lake = Lake(str(tmp_path / "new" / "lake"))
 
     assert demo.main(demo_args(photos(tmp_path / "photos"), lake)) == 1
@@ -352,15 +353,15 @@ def test_the_watchdog_cleans_up_after_a_demo_killed_with_sigkill(tmp_path):
         [sys.executable, "-c", "import time; time.sleep(3)"], start_new_session=True
     )
     # Detached, as Airflow's leftovers are once the demo died (init reaps them).
-    marked = local_cluster.spawn_detached(
+    marked = procs.spawn_detached(
         [sys.executable, "-c", "import time; time.sleep(300)"],
         log_path=tmp_path / "marked.log",
         env=os.environ | {"AIRFLOW_HOME": str(home)},
         cwd=tmp_path,
     )
-    owner = local_cluster.process_record(stand_in.pid)
+    owner = procs.process_record(stand_in.pid)
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "devtools.demo", demo.WATCHDOG_FLAG, json.dumps(owner),
+        [sys.executable, "-m", "devtools.throwaway", throwaway.WATCHDOG_FLAG, json.dumps(owner),
          str(home), str(state_dir)],  # fmt: skip
         cwd=REPO,
     )
@@ -370,21 +371,21 @@ def test_the_watchdog_cleans_up_after_a_demo_killed_with_sigkill(tmp_path):
         stand_in.send_signal(signal.SIGKILL)
         stand_in.wait()
         assert watcher.wait(timeout=30) == 0
-        assert local_cluster.live_process(marked) is None
+        assert procs.live_process(marked) is None
         assert not home.exists()
     finally:
         for proc in (stand_in, watcher):
             proc.kill()
             proc.wait()
-        if (left := local_cluster.live_process(marked)) is not None:
-            local_cluster.stop_processes([left], grace_s=1)
+        if (left := procs.live_process(marked)) is not None:
+            procs.stop_processes([left], grace_s=1)
 
 
 def watchdogs_of(home: Path) -> list[int]:
     return [
         p.pid
         for p in psutil.process_iter(["cmdline"])
-        if demo.WATCHDOG_FLAG in (p.info["cmdline"] or []) and str(home) in p.info["cmdline"]
+        if throwaway.WATCHDOG_FLAG in (p.info["cmdline"] or []) and str(home) in p.info["cmdline"]
     ]
 
 
@@ -458,7 +459,7 @@ def running_demo(tmp_path):
             psutil.Process(int(t.split(":")[0]))
             for t in traces(environ[local_cluster.CLUSTER_ENV], environ["AIRFLOW_HOME"])
         ]
-        local_cluster.stop_processes(leftovers, grace_s=5)
+        procs.stop_processes(leftovers, grace_s=5)
     log.close()
 
 
@@ -523,7 +524,7 @@ def test_a_cluster_ends_once_its_owner_is_gone(tmp_path):
     )
     cluster_id = cluster["cluster_id"]
     try:
-        assert cluster["owner"] == local_cluster.process_record(owner.pid)
+        assert cluster["owner"] == procs.process_record(owner.pid)
         time.sleep(2)
         assert local_cluster.describe_cluster(state_dir, cluster_id)["state"] == "WAITING"
         owner.kill()

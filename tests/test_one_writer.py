@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from devtools import demo
+from devtools import throwaway
 from devtools.samples import make_synthetic_fruits
 from fruits_pipeline import lease
 from fruits_pipeline.backends.local import cluster as local_cluster
@@ -65,7 +65,7 @@ class World:
         home = self.home(name)
         home.mkdir()
         shutil.copyfile(self.template_home / "airflow.db", home / "airflow.db")
-        env = demo.airflow_env(home, Path(self.lake.root), "random") | {
+        env = throwaway.airflow_env(home, Path(self.lake.root), "random") | {
             "FRUITS_LOCAL_STATE_DIR": str(self.state_dir(name)),
             "FRUITS_LOCAL_IDLE_TIMEOUT_S": "600",
             "FRUITS_LEASE_GRACE_S": str(GRACE_S),
@@ -141,7 +141,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     template.mkdir()
     subprocess.run(
         [AIRFLOW, "db", "migrate"],
-        env=demo.airflow_env(template, Path(lake.root), "random"),
+        env=throwaway.airflow_env(template, Path(lake.root), "random"),
         capture_output=True,
         check=True,
         timeout=300,

@@ -16,6 +16,8 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from devtools.airflow_env import base_env
+
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "fruits_pca_basis.py"
 DAG_ID = "fruits_pca_basis"
@@ -110,11 +112,7 @@ def test_parsing_the_refit_dag_imports_neither_tensorflow_nor_pyspark(tmp_path):
         for name, value in os.environ.items()
         if not name.startswith(("FRUITS_", "AIRFLOW", "PYSPARK", "SPARK"))
     }
-    env |= env_for(tmp_path, "emr") | {
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
-    }
+    env |= env_for(tmp_path, "emr") | base_env(tmp_path / "airflow")
     probe = (
         "import importlib.util, json, sys\n"
         "spec = importlib.util.spec_from_file_location('refit_dag', sys.argv[1])\n"

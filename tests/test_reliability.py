@@ -527,12 +527,12 @@ def test_killed_local_sensor_cancels_its_step_and_every_process_of_it(tmp_path):
     from fruits_pipeline.backends.local.cluster import (
         cluster_processes_alive,
         describe_cluster,
-        marked_processes,
         start_cluster,
         terminate_cluster,
     )
     from fruits_pipeline.backends.local.operators import LocalStepSensor
     from fruits_pipeline.backends.local.runner import STEP_ENV, add_steps, describe_step
+    from fruits_pipeline.procs import marked_processes
 
     state_dir, script, pid_file = tmp_path / "clusters", tmp_path / "sleep.py", tmp_path / "pid"
     script.write_text(SCRIPTS["sleep.py"])

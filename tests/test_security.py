@@ -57,7 +57,7 @@ ALLOWED_FINDINGS: frozenset[tuple[str, str]] = frozenset(
         (".env.example", "b06ef39b87e0c1075b90e0befee27f80892c2647"),
         # 'simple_auth_manager_passwords.json': a file name.
         # pragma: allowlist nextline secret
-        ("devtools/airflow_stack.py", "3053500470616baae4f9451a25d57608f3158e63"),
+        ("devtools/stack/config.py", "3053500470616baae4f9451a25d57608f3158e63"),
         # The SPARK_CONF_DIR line of the Dockerfile, which that test looks for.
         # pragma: allowlist nextline secret
         ("tests/test_compose.py", "a3046c9d9a4a2d2c43c4633520a859cd28d95677"),

@@ -91,13 +91,10 @@ class PipelineSettings:
                 "FRUITS_REFIT_SCHEDULE must be a cron expression of 5 fields (UTC) or 'off', "
                 f"got {refit_schedule!r}"
             )
-        default_weights = env.get("FRUITS_WEIGHTS") or (
-            str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "imagenet"
-        )
         return cls(
             backend=backend,
             lake=Lake(env.get("FRUITS_LAKE_ROOT", str(REPO_ROOT / ".lake"))),
-            default_weights=default_weights,
+            default_weights=env.get("FRUITS_WEIGHTS") or default_weights(),
             daily_at=daily_at,
             max_active_runs=max_active_runs,
             aws_conn_id=env.get("FRUITS_AWS_CONN_ID", "aws_default"),
@@ -112,6 +109,12 @@ class PipelineSettings:
     def daily_cron(self) -> str:
         hour, minute = self.daily_at.split(":")
         return f"{int(minute)} {int(hour)} * * *"
+
+
+def default_weights() -> str:
+    """The weights when FRUITS_WEIGHTS names none: ../shared's ImageNet weights file when it is
+    beside the repository, else `imagenet`."""
+    return str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "imagenet"
 
 
 def _seconds(env: Mapping[str, str], name: str, default: str) -> float:

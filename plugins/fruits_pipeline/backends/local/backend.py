@@ -69,7 +69,7 @@ class LocalBackend(ClusterBackend):
 
     def run_alive(self, token: str, partition: str) -> bool:
         """True while a process of the run's cluster runs."""
-        from fruits_pipeline.backends.local.cluster import marked_processes
+        from fruits_pipeline.procs import marked_processes
 
         return bool(marked_processes(RUN_TOKEN_ENV, token))
 

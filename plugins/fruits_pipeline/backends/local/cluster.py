@@ -26,17 +26,28 @@ import json
 import logging
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from fruits_pipeline.procs import (
+    free_port,
+    live_process,
+    log_tails,
+    marked_processes,
+    process_record,
+    read_json,
+    spawn_detached,
+    stop_processes,
+    with_descendants,
+    write_json,
+)
 
 __all__ = [
     "cluster_processes_alive",
@@ -59,15 +70,6 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # plugins/: fruits_pipelin
 _CLUSTER_ID = re.compile(r"local-[0-9a-f]{12}")
 _MASTER = "org.apache.spark.deploy.master.Master"
 _WORKER = "org.apache.spark.deploy.worker.Worker"
-# Runs a command in a new session and exits at once, so the command is re-parented to init: it
-# outlives the caller and never lingers as the caller's zombie.
-_LAUNCHER = """\
-import subprocess, sys
-with open(sys.argv[1], "ab") as log:
-    proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-print(proc.pid)
-"""
 # The REST submission server would take port 6066 on every cluster; port retries would make the
 # real ports differ from the recorded ones.
 _SPARK_DEFAULTS = "spark.master.rest.enabled false\nspark.port.maxRetries 0\n"
@@ -97,17 +99,6 @@ def existing_cluster_dir(state_dir: str | os.PathLike[str], cluster_id: str) -> 
     return cdir
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write via a temporary file and a rename, so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def locked(cdir: Path) -> Iterator[None]:
     """Serialise the read-modify-write cycles of all processes working on one cluster."""
@@ -125,79 +116,6 @@ def cluster_state(cdir: Path) -> Iterator[dict[str, Any]]:
         write_json(cdir / CLUSTER_FILE, state)
 
 
-def process_record(pid: int) -> dict[str, Any]:
-    """A pid with its start time, which tells the process apart from a later one reusing the pid."""
-    try:
-        create_time = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        create_time = None
-    return {"pid": pid, "create_time": create_time}
-
-
-def live_process(record: dict[str, Any] | None) -> psutil.Process | None:
-    """The recorded process if it still runs (a zombie does not count), else None."""
-    if not record or record["create_time"] is None:
-        return None
-    try:
-        proc = psutil.Process(record["pid"])
-        # Start times derive from the boot time, which clock adjustments can shift slightly.
-        if abs(proc.create_time() - record["create_time"]) > 1.0:
-            return None
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
-    except psutil.NoSuchProcess:
-        return None
-
-
-def spawn_detached(
-    args: list[str], *, log_path: Path, env: dict[str, str], cwd: Path
-) -> dict[str, Any]:
-    """Start a command in its own session, outliving the caller; returns its process record."""
-    launched = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, str(log_path), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return process_record(int(launched.stdout))
-
-
-def marked_processes(name: str, value: str) -> list[psutil.Process]:
-    """Running processes (but this one) whose environment has name=value."""
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(name) == value and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-    return found
-
-
-def _with_descendants(procs: Iterable[psutil.Process]) -> dict[int, psutil.Process]:
-    found = {}
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            found.update({p.pid: p for p in [proc, *proc.children(recursive=True)]})
-    found.pop(os.getpid(), None)
-    return found
-
-
-def stop_processes(procs: Iterable[psutil.Process], grace_s: float) -> None:
-    """SIGTERM the processes and their descendants; SIGKILL whatever outlives grace_s."""
-    targets = list(_with_descendants(procs).values())
-    for proc in targets:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(targets, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
 def _cluster_processes(cluster_id: str, state: dict[str, Any] | None) -> list[psutil.Process]:
     """The cluster's recorded processes and those carrying its marker, but this one (the
     watchdog terminates its own cluster)."""
@@ -207,12 +125,6 @@ def _cluster_processes(cluster_id: str, state: dict[str, Any] | None) -> list[ps
     return list(found.values())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _master_status(web_url: str) -> dict[str, Any] | None:
     """The master's JSON status page, or None while it does not answer."""
     try:
@@ -220,14 +132,6 @@ def _master_status(web_url: str) -> dict[str, Any] | None:
             return json.load(resp)
     except (OSError, ValueError):
         return None
-
-
-def _log_tails(cdir: Path, lines: int = 25) -> str:
-    tails = []
-    for path in sorted((cdir / "logs").glob("*.log")):
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
-        tails.append(f"--- {path} (last {len(tail)} lines) ---\n" + "\n".join(tail))
-    return "\n".join(tails)
 
 
 def _spawn_role(
@@ -279,7 +183,7 @@ def start_cluster(
     cdir = cluster_dir(state_dir, cluster_id)
     (cdir / "logs").mkdir(parents=True)
     (cdir / "spark-defaults.conf").write_text(_SPARK_DEFAULTS)
-    master_port, web_port = _free_port(), _free_port()
+    master_port, web_port = free_port(), free_port()
     now = utc_now()
     state: dict[str, Any] = {
         "cluster_id": cluster_id,
@@ -304,7 +208,7 @@ def start_cluster(
     write_json(cdir / CLUSTER_FILE, state)
     log.info("Starting local Spark cluster %s in %s", cluster_id, cdir)
     proc_env = {**os.environ, **(env or {}), "SPARK_LOCAL_IP": "127.0.0.1", CLUSTER_ENV: cluster_id}
-    # The master and worker do little work: JVMs tuned for start-up save seconds per cluster.
+    # The master and worker do little work: JVMs tuned for start-up bring each cluster up sooner.
     proc_env.setdefault("SPARK_DAEMON_JAVA_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
     spark_class = str(spark_home() / "bin" / "spark-class")
     common = ["--host", "127.0.0.1", "--properties-file", str(cdir / "spark-defaults.conf")]
@@ -327,8 +231,9 @@ def start_cluster(
         terminate_cluster(state_dir, cluster_id, reason=f"startup failed: {exc}")
         if not isinstance(exc, Exception):
             raise
+        tails = log_tails(cdir / "logs", 25)
         raise RuntimeError(
-            f"local Spark cluster {cluster_id} failed to start: {exc}\n{_log_tails(cdir)}"
+            f"local Spark cluster {cluster_id} failed to start: {exc}\n{tails}"
         ) from exc
     with cluster_state(cdir) as state:
         now = utc_now()
@@ -386,7 +291,7 @@ def cluster_processes_alive(state_dir: str | os.PathLike[str], cluster_id: str) 
     the cluster directory was deleted)."""
     path = cluster_dir(state_dir, cluster_id) / CLUSTER_FILE
     state = read_json(path) if path.is_file() else None
-    return sorted(_with_descendants(_cluster_processes(cluster_id, state)))
+    return sorted(with_descendants(_cluster_processes(cluster_id, state)))
 
 
 def _watch(state_dir: str, cluster_id: str) -> None:

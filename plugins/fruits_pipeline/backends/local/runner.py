@@ -32,15 +32,18 @@ from fruits_pipeline.backends.local.cluster import (
     RUNNING,
     WAITING,
     existing_cluster_dir,
-    live_process,
     locked,
+    spark_home,
+    utc_now,
+)
+from fruits_pipeline.procs import (
+    error_excerpt,
+    live_process,
     marked_processes,
     process_record,
     read_json,
-    spark_home,
     spawn_detached,
     stop_processes,
-    utc_now,
     write_json,
 )
 
@@ -51,7 +54,6 @@ log = logging.getLogger(__name__)
 STEP_ENV = "FRUITS_LOCAL_STEP_ID"
 PENDING, COMPLETED, FAILED, CANCELLED = "PENDING", "COMPLETED", "FAILED", "CANCELLED"
 STEPS_FILE = "steps.json"
-_TRACEBACK = "Traceback (most recent call last):"
 
 
 def _read_steps(cdir: Path) -> list[dict[str, Any]]:
@@ -249,27 +251,12 @@ def _stop_step_processes(steps: list[dict[str, Any]], grace_s: float = 10.0) -> 
         stop_processes(procs, grace_s)
 
 
-def _error_excerpt(log_path: Path, max_lines: int = 15) -> str:
-    """The last Python traceback of the log, else its last lines mentioning an error."""
-    with open(log_path, "rb") as log_file:
-        log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - 65536))
-        lines = log_file.read().decode(errors="replace").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
-    if starts:
-        block = lines[starts[-1] :]
-        # The exception line is the first one after the header that is not indented.
-        end = next((i for i, line in enumerate(block) if i and line[:1].strip()), len(block) - 1)
-        return "\n".join([block[0], *block[1 : end + 1][-(max_lines - 1) :]])
-    errors = [line for line in lines if "error" in line.lower() or "exception" in line.lower()]
-    return "\n".join((errors or lines)[-5:])
-
-
 def _failure_reason(log_path: Path, exit_code: int) -> str:
     if exit_code < 0:
         how = f"killed by signal {-exit_code}, {signal.strsignal(-exit_code)}"
     else:
         how = f"exit code {exit_code}"
-    excerpt = _error_excerpt(log_path)
+    excerpt = error_excerpt(log_path)
     return f"spark-submit failed ({how})" + (f":\n{excerpt}" if excerpt else "")
 
 
