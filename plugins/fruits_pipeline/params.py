@@ -21,6 +21,8 @@ DEFAULT_MAX_ERROR_RATIO = 0.05
 DEFAULT_WEIGHTS = "imagenet"
 MAX_K = FEATURE_DIM  # a basis has at most one component per feature
 NAMED_WEIGHTS = ("imagenet", "random")
+# The refit form's window when no date is given: the last N days.
+DEFAULT_LAST_DAYS = 30
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -160,8 +162,6 @@ def refit_dag_params() -> dict:
     """The trigger form of `fruits_pca_basis`, as ``airflow.sdk.Param`` objects."""
     from airflow.sdk import Param
 
-    from fruits_pipeline import refit
-
     return {
         "from_date": Param(
             None, type=["null", "string"], format="date", title="From date",
@@ -172,7 +172,7 @@ def refit_dag_params() -> dict:
             description="Last day of the fit window, included.",
         ),
         "last_days": Param(
-            refit.DEFAULT_LAST_DAYS, type=["null", "integer"], minimum=1, maximum=3660,
+            DEFAULT_LAST_DAYS, type=["null", "integer"], minimum=1, maximum=3660,
             title="Or the last N days",
             description="Without dates: the window is the N days ending yesterday (UTC).",
         ),

@@ -28,12 +28,12 @@ from datetime import date, timedelta
 from fruits_pipeline import basis, lease, validation
 from fruits_pipeline.lake import SUCCESS, Lake
 from fruits_pipeline.lake_io import LakeStorage
+from fruits_pipeline.params import DEFAULT_LAST_DAYS
 from fruits_pipeline.steps import PCA_SCRIPT, REPROJECT_SCRIPT
 from spark_jobs import basis as basis_files
 from spark_jobs.model import FEATURE_DIM
 from spark_jobs.pca_math import DEFAULT_VARIANCE
 
-DEFAULT_LAST_DAYS = 30
 # How long a refit waits for the daily runs it found writing (one run's length).
 DAY_WAIT_S, DAY_POLL_S = 3600, 15
 _DAY = "dt="
