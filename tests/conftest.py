@@ -1,33 +1,25 @@
-"""Fixtures shared by the suite: local Spark, the shared real data, a hermetic model cache."""
+"""Fixtures shared by the suite: local Spark, a hermetic model cache, lakes, the Airflow metadata
+DB and the EMR world. Helpers live in `tests/support/`."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FRUITS_SHARED", REPO.parent / "shared"))
-SHARED_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
-SHARED_SAMPLE = SHARED / "data" / "fruits360-sample"
+# The session's Airflow metadata DB: defined with the harness, registered here for every module.
+from tests.support.dag_harness import airflow_db  # noqa: F401
+from tests.support.emr_world import Pipeline, emr_pipeline
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # py4j logs at INFO when its connections are garbage-collected at exit, after pytest closed the
 # streams: a traceback of "Logging error" at the end of every run, about nothing.
 logging.getLogger("py4j").setLevel(logging.WARNING)
-
-
-def require_shared() -> None:
-    """Skip, saying why, when the real photos and weights of ../shared are not beside the repo."""
-    if not (SHARED_WEIGHTS.is_file() and SHARED_SAMPLE.is_dir()):
-        pytest.skip(
-            f"needs the real Fruits-360 photos and ImageNet weights of ../shared ({SHARED}); "
-            "absent here"
-        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,3 +75,10 @@ def lake_and_storage(request, tmp_path, monkeypatch):
         )
         lake = Lake("s3://fruits-lake-test/prod")
         yield lake, S3LakeStorage(lake, client)
+
+
+@pytest.fixture
+def pipeline(airflow_db, monkeypatch) -> Iterator[Pipeline]:  # noqa: F811
+    """The EMR world of one test (`tests/support/emr_world.py`)."""
+    with emr_pipeline(monkeypatch) as world:
+        yield world

@@ -22,7 +22,6 @@ Screenshots of the filled form and of the finished run go to `test-artifacts/`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -43,7 +41,9 @@ from fruits_pipeline import basis, procs
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
-from tests.dag_harness import ALL_TASKS, SKIPPED_RUN
+from tests.support.dag_harness import cluster_ids
+from tests.support.processes import live_processes
+from tests.support.states import ALL_TASKS, SKIPPED_RUN, expected_states
 
 pytestmark = pytest.mark.slow
 
@@ -131,12 +131,6 @@ class Running:
 def finished_run(running: Running, run_id: str) -> dict[str, Any] | None:
     run = running.api(f"/dags/{DAG_ID}/dagRuns/{run_id}")
     return run if run["state"] in FINISHED else None
-
-
-def cluster_ids(state_dir: Path) -> list[str]:
-    if not state_dir.is_dir():
-        return []
-    return sorted(p.name for p in state_dir.iterdir() if (p / local_cluster.CLUSTER_FILE).is_file())
 
 
 def live_clusters(state_dir: Path) -> int:
@@ -288,7 +282,7 @@ def test_a_a_run_triggered_from_the_ui_form_publishes_its_partition(running):
         "max_error_ratio": 0.05,
         "weights": "random",
     }
-    assert running.task_states(run_id) == dict.fromkeys(ALL_TASKS, "success")
+    assert running.task_states(run_id) == expected_states()
     assert running.api(f"/dags/{DAG_ID}")["is_paused"] is False
 
     lake = running.lake
@@ -390,7 +384,7 @@ def test_b_a_backfill_publishes_each_day_and_skips_the_empty_one(running, backfi
         assert run["conf"] == {}
     for dt in (D1, D3):
         run_id = by_day[dt]["dag_run_id"]
-        assert running.task_states(run_id) == dict.fromkeys(ALL_TASKS, "success")
+        assert running.task_states(run_id) == expected_states()
         assert running.xcom(run_id, "check_uploads")["partition"] == dt.isoformat()
         marker = json.loads(Path(lake.success_marker(dt)).read_text())
         assert (marker["partition"], marker["images_found"], marker["reduced"]) == (
@@ -436,7 +430,7 @@ def test_b_reprocessing_completed_runs_gives_identical_reduced_data(running, bac
         tries = try_numbers(running, run["dag_run_id"])
         assert {task: tries[task] - first_tries[dt][task] for task in ran} == dict.fromkeys(ran, 1)
     assert running.task_states(second[D2]["dag_run_id"]) == SKIPPED_RUN
-    assert running.task_states(second[D3]["dag_run_id"]) == dict.fromkeys(ALL_TASKS, "success")
+    assert running.task_states(second[D3]["dag_run_id"]) == expected_states()
     assert len(clusters) == 1, clusters
     assert peak == 1
     # D3 rewritten (Spark names each write's files anew) with the same rows; D1 untouched.
@@ -501,13 +495,11 @@ def processes_naming(*paths: Path) -> list[str]:
     """Processes (not zombies, not this one) with one of the paths as AIRFLOW_HOME,
     FRUITS_LOCAL_STATE_DIR or FRUITS_AIRFLOW_STACK, or in their command line."""
     texts = {str(path) for path in paths}
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        environ = proc.info["environ"] or {}
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        names = ("AIRFLOW_HOME", "FRUITS_LOCAL_STATE_DIR", stack_config.STACK_ENV)
-        if {environ.get(name) for name in names} & texts or any(t in cmdline for t in texts):
-            found.append(f"{proc.pid}: {cmdline[:300]}")
-    return found
+    names = ("AIRFLOW_HOME", "FRUITS_LOCAL_STATE_DIR", stack_config.STACK_ENV)
+
+    def naming(cmdline: str, environ: dict[str, str]) -> bool:
+        return bool({environ.get(name) for name in names} & texts) or any(
+            t in cmdline for t in texts
+        )
+
+    return live_processes(naming)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from fruits_pipeline.artifacts import (
     artifact_digest,
@@ -15,6 +14,7 @@ from fruits_pipeline.artifacts import (
     stage_to_s3,
 )
 from fruits_pipeline.lake import Lake
+from tests.support.s3 import mocked_bucket
 
 BOOTSTRAP = Path(__file__).parents[1] / "plugins/fruits_pipeline/backends/emr/bootstrap.sh"
 REGION = "eu-west-3"
@@ -37,13 +37,7 @@ def repo(tmp_path):
 
 @pytest.fixture
 def s3(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(
-            Bucket=LAKE.bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
-        )
+    with mocked_bucket(monkeypatch, LAKE.bucket, REGION) as client:
         yield client
 
 

@@ -12,7 +12,7 @@ from fruits_pipeline import basis, lease
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from spark_jobs import basis as basis_files
-from tests.dag_harness import write_basis
+from tests.support.dag_harness import write_basis
 
 D1, D2 = date(2026, 5, 1), date(2026, 5, 2)
 T0 = datetime(2026, 5, 3, 2, 0, tzinfo=UTC)

@@ -32,17 +32,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from devtools import demo, staging, throwaway
-from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
+from devtools.samples import make_synthetic_fruits
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
-from tests.dag_harness import (
-    ALL_TASKS,
-    SKIPPED_RUN,
+from tests.support.corpora import make_bad_input_corpus
+from tests.support.dag_harness import (
+    ClusterStateDirs,
     cluster_ids,
     cluster_leftovers,
     leftover_processes,
+    migrate_demo_home,
+    terminate_clusters,
     tree_digest,
 )
+from tests.support.states import SKIPPED_RUN, expected_states
 
 pytestmark = pytest.mark.slow
 
@@ -75,13 +78,10 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Env:
+class Env(ClusterStateDirs):
     home: Path
     lake: Lake
     tmp: Path
-
-    def state_dir(self, scenario: str) -> Path:
-        return self.tmp / f"clusters-{scenario}"
 
 
 def dag_runs(home: Path) -> dict[str, str]:
@@ -173,18 +173,10 @@ def env(tmp_path_factory) -> Iterator[Env]:
     home = tmp / "airflow-home"
     home.mkdir()
     lake = Lake(str(tmp / "lake"))
-    subprocess.run(
-        [AIRFLOW, "db", "migrate"],
-        env=throwaway.airflow_env(home, Path(lake.root), "random"),
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
+    migrate_demo_home(home, lake)
     yield Env(home=home, lake=lake, tmp=tmp)
     # Whatever failed, leave no cluster running.
-    for state_dir in tmp.glob("clusters-*"):
-        for cluster_id in cluster_ids(state_dir):
-            local_cluster.terminate_cluster(state_dir, cluster_id, reason="test teardown")
+    terminate_clusters(tmp)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +211,7 @@ def test_a_folder_of_fruits_is_published(env, published):
     run, lake = published, env.lake
     assert run.code == 0, explain(run)
     assert run.dag_run_state == "success", explain(run)
-    assert run.task_states == dict.fromkeys(ALL_TASKS, "success"), explain(run)
+    assert run.task_states == expected_states(), explain(run)
     assert Path(lake.success_marker(D1)).is_file()
 
     manifest = json.loads(Path(lake.manifest(D1)).read_text())
@@ -265,11 +257,9 @@ def test_b_too_many_broken_uploads_fail_the_run(env, rejected):
     assert run.code == 1, explain(run)
     assert "DagRun failed" in run.output
     assert run.dag_run_state == "failed"
-    assert run.task_states == {
-        **dict.fromkeys(ALL_TASKS - {"validate", "publish"}, "success"),
-        "validate": "failed",
-        "publish": "upstream_failed",
-    }, explain(run)
+    assert run.task_states == expected_states(
+        validate="failed", publish="upstream_failed"
+    ), explain(run)
     assert not Path(lake.success_marker(D2)).exists()
     message = f"partition dt={D2} is not valid: error ratio 4/15 = 26.67% exceeds the maximum 5.00%"
     assert message in run.output, explain(run)

@@ -26,6 +26,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from devtools.airflow_env import base_env
 from fruits_pipeline.params import partition_date_from_context
 from fruits_pipeline.settings import PipelineSettings
+from tests.support.graph import parse_dag_file, task_edges
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "fruits_features.py"
@@ -84,13 +85,7 @@ def settings_env(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
 
 def parse_dag(env: dict[str, str]) -> tuple[DagBag, object]:
     """Parse the DAG file through a DagBag (as the DAG processor does) under `env`."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("FRUITS_")]:
-            mp.delenv(name)
-        for name, value in env.items():
-            mp.setenv(name, value)
-        bag = DagBag(dag_folder=DAG_FILE, bundle_name="fruits-tests", safe_mode=True)
-    return bag, bag.dags.get(DAG_ID)
+    return parse_dag_file(DAG_FILE, DAG_ID, env)
 
 
 @pytest.fixture(scope="module", params=["local", "emr"])
@@ -112,11 +107,7 @@ def test_dag_file_parses_without_errors_or_warnings(parsed):
 def test_tasks_and_dependencies_are_exactly_the_pipeline(parsed):
     backend, _, dag = parsed
     assert set(dag.task_dict) == set(EDGES)
-    actual = {
-        task.task_id: (set(task.upstream_task_ids), set(task.downstream_task_ids))
-        for task in dag.tasks
-    }
-    assert actual == EDGES
+    assert task_edges(dag) == EDGES
     assert {
         task_id: type(dag.get_task(task_id)).__name__ for task_id in OPERATORS[backend]
     } == OPERATORS[backend]
@@ -144,10 +135,7 @@ def test_cluster_and_lease_are_setups_and_their_teardowns_always_end_them(parsed
 def test_serializes_as_the_scheduler_stores_it(parsed):
     _, _, dag = parsed
     back = DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dag))))
-    assert {
-        task.task_id: (set(task.upstream_task_ids), set(task.downstream_task_ids))
-        for task in back.tasks
-    } == EDGES
+    assert task_edges(back) == EDGES
     assert back.get_task("create_cluster").is_setup is True
     assert back.get_task("terminate_cluster").is_teardown is True
     assert back.get_task("release_partition").is_teardown is True

@@ -25,6 +25,7 @@ from devtools.samples import make_synthetic_fruits
 from fruits_pipeline import procs
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
+from tests.support.processes import live_processes
 
 REPO = Path(__file__).resolve().parents[1]
 D = date(2026, 4, 1)
@@ -395,19 +396,15 @@ def watchdogs_of(home: Path) -> list[int]:
 def traces(cluster_id: str, home: str) -> list[str]:
     """Processes of the cluster (by marker), of the Airflow home (by marker or command line:
     the watchdog) that are still running."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        environ = proc.info["environ"] or {}
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if (
+
+    def of_the_run(cmdline: str, environ: dict[str, str]) -> bool:
+        return (
             environ.get(local_cluster.CLUSTER_ENV) == cluster_id
             or environ.get("AIRFLOW_HOME") == home
             or home in cmdline
-        ):
-            found.append(f"{proc.pid}: {cmdline[:200]}")
-    return found
+        )
+
+    return live_processes(of_the_run, width=200)
 
 
 def featurize_step(lake: Lake) -> psutil.Process | None:

@@ -2,7 +2,6 @@ import json
 import string
 from datetime import date
 from fnmatch import fnmatchcase
-from pathlib import Path
 
 import boto3
 import pytest
@@ -19,9 +18,8 @@ from fruits_pipeline.basis import BasisPlan
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.params import RunParams
 from fruits_pipeline.steps import featurize_args, pca_args
+from tests.support.iam import ACCOUNT, IAM, ROLES, render
 
-IAM = Path(__file__).parents[1] / "infra" / "iam"
-ROLES = json.loads((IAM / "roles.json").read_text())
 D = date(2026, 1, 2)
 LAKE = Lake("s3://fruits-lake/prod")
 PREFIX = LAKE.artifacts("0123456789abcdef")
@@ -300,21 +298,6 @@ def test_emr_api_accepts_the_cluster_and_steps(aws):
 
 
 # IAM policies ------------------------------------------------------------------------------
-
-ACCOUNT = "123456789012"
-
-
-def render(file_name: str, lake: Lake = LAKE) -> dict:
-    text = (IAM / file_name).read_text()
-    prefix = f"{lake.key_prefix}/" if lake.key_prefix else ""
-    for name, value in {
-        "AWS_ACCOUNT_ID": ACCOUNT,
-        "LAKE_BUCKET": lake.bucket,
-        "LAKE_PREFIX": prefix,
-    }.items():
-        text = text.replace(f"${{{name}}}", value)
-    assert "${" not in text, f"{file_name} has an undocumented placeholder"
-    return json.loads(text)
 
 
 def as_list(value: str | list[str]) -> list[str]:

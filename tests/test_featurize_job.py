@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
+from devtools.samples import make_synthetic_fruits
 from spark_jobs import featurize
 from spark_jobs.accumulators import SecondsParam
 from spark_jobs.images import load_model_input, load_pixels, to_model_scale
@@ -23,6 +23,7 @@ from spark_jobs.model import (
     build_keras_model,
     tflite_model,
 )
+from tests.support.corpora import make_bad_input_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +71,14 @@ def test_every_image_is_featurized_or_recorded_and_nothing_else(partition, outpu
     assert manifest["featurized"] == len(features) and manifest["errors"] == len(errors)
 
 
+def by_relative_path(frame, column: str, root) -> dict:
+    """`column` of an output frame by the input's path relative to `root`."""
+    return dict(zip(frame["path"].map(lambda p: relative(p, root)), frame[column], strict=True))
+
+
 def test_labels_are_the_exact_parent_folders(partition, outputs):
     root, _, cases = partition
-    _, _, features, _ = outputs
-    by_path = dict(zip(features["path"].map(lambda p: relative(p, root)), features["label"],
-                       strict=True))
+    by_path = by_relative_path(outputs[2], "label", root)
     for case in cases:
         if case.expected == "processed":
             assert by_path[case.relpath] == case.label
@@ -83,9 +87,7 @@ def test_labels_are_the_exact_parent_folders(partition, outputs):
 
 def test_errors_carry_their_reason(partition, outputs):
     root, _, cases = partition
-    _, _, _, errors = outputs
-    reasons = dict(zip(errors["path"].map(lambda p: relative(p, root)), errors["error"],
-                       strict=True))
+    reasons = by_relative_path(outputs[3], "error", root)
     for case in cases:
         if case.expected == "error":
             assert case.reason_contains in reasons[case.relpath], (case.relpath, reasons)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from devtools.samples import NameCase, make_hostile_name_corpus, make_link_corpus
 from fruits_pipeline import validation
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage, S3LakeStorage
 from spark_jobs import inputs, reading
+from tests.support.corpora import NameCase, make_hostile_name_corpus, make_link_corpus
 
 D = date(2026, 3, 4)
 SYMLINK = "symbolic link, not followed"

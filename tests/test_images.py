@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageDraw
 
-from devtools.samples import CorpusCase, _decompression_bomb_png, make_bad_input_corpus
 from spark_jobs.images import (
     DRAFT_MIN_SIDE,
     MODEL_INPUT_SIZE,
@@ -25,6 +24,7 @@ from spark_jobs.images import (
     to_rgb,
 )
 from spark_jobs.inputs import NoLabelFolder, label_for
+from tests.support.corpora import CorpusCase, decompression_bomb_png, make_bad_input_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_LEVEL = 1 / 127.5  # one 8-bit step after scaling to [-1, 1]
@@ -160,7 +160,7 @@ def test_decompression_bomb_is_refused(corpus):
 _PEAK_MEMORY_PROBE = """
 import json, warnings
 from PIL import Image
-from devtools.samples import _decompression_bomb_png
+from tests.support.corpora import decompression_bomb_png
 from spark_jobs.images import BadImage, load_model_input
 
 warnings.simplefilter("ignore")
@@ -171,7 +171,7 @@ def peak():
 
 result = {}
 for side in (40_000, 10_000):
-    data = _decompression_bomb_png(side, side)
+    data = decompression_bomb_png(side, side)
     before = peak()
     try:
         load_model_input(data)
@@ -210,7 +210,7 @@ def test_decompression_bombs_allocate_no_pixels():
 
 
 def test_image_between_one_and_two_times_the_pixel_limit_is_refused_before_decoding():
-    data = _decompression_bomb_png(10_000, 10_000)  # a header and one row: no pixels needed
+    data = decompression_bomb_png(10_000, 10_000)  # a header and one row: no pixels needed
     assert len(data) < 1_000
     with pytest.warns(Image.DecompressionBombWarning):
         Image.open(io.BytesIO(data)).close()  # Pillow alone would go on to decode

@@ -4,7 +4,6 @@ import os
 
 import pytest
 
-from devtools.samples import make_bad_input_corpus
 from spark_jobs.inputs import (
     NoLabelFolder,
     is_hidden_name,
@@ -13,6 +12,7 @@ from spark_jobs.inputs import (
     label_for,
     list_inputs,
 )
+from tests.support.corpora import make_bad_input_corpus
 
 ROOT = "file:/tmp/raw/dt=2026-01-02"
 S3_ROOT = "s3://bucket/lake/raw/dt=D/"

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from fruits_pipeline.backends.local.cluster import (
 )
 from fruits_pipeline.backends.local.runner import add_steps, cancel_steps, describe_step
 from fruits_pipeline.steps import emr_step
+from tests.support.processes import SCRIPTS, is_gone, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,44 +38,6 @@ SPARK_OPTS = [
     "--conf", "spark.ui.enabled=false",
 ]  # fmt: skip
 FINAL = {"COMPLETED", "FAILED", "CANCELLED"}
-
-SCRIPTS = {
-    # Runs Python on the executors too, as the real jobs do.
-    "count.py": """
-import sys
-from pyspark.sql import SparkSession
-spark = SparkSession.builder.appName("count").getOrCreate()
-total = spark.sparkContext.parallelize(range(100), 2).map(lambda x: x * 2).sum()
-with open(sys.argv[1], "a") as out:
-    out.write(f"{sys.argv[2]} {total}\\n")
-spark.stop()
-""",
-    "append.py": """
-import sys
-with open(sys.argv[1], "a") as out:
-    out.write(f"{sys.argv[2]}\\n")
-""",
-    "fail.py": """
-raise RuntimeError("step exploded on purpose")
-""",
-    "sleep.py": """
-import os, sys, time
-with open(sys.argv[1], "w") as out:
-    out.write(str(os.getpid()))
-time.sleep(600)
-""",
-    # Keeps a driver, an executor and its Python worker daemon busy.
-    "hold.py": """
-import os, sys, time
-from pyspark.sql import SparkSession
-spark = SparkSession.builder.appName("hold").getOrCreate()
-spark.sparkContext.parallelize(range(4), 2).map(lambda x: x + 1).collect()
-with open(sys.argv[1], "w") as out:
-    out.write(str(os.getpid()))
-time.sleep(600)
-""",
-}
-
 
 def _stop(state_dir: Path, cluster_id: str) -> None:
     """Terminate a cluster; kill its processes directly when its state is gone."""
@@ -122,15 +84,6 @@ def new_cluster(state_dir: Path) -> Iterator[Callable[..., dict[str, Any]]]:
         _stop(state_dir, cluster_id)
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout_s} s")
-        time.sleep(0.5)
-    return result
-
-
 def wait_for_state(
     describe: Callable[[], dict], states: set[str], timeout_s: float, what: str
 ) -> dict:
@@ -164,13 +117,6 @@ def processes_mentioning(*needles: str) -> list[str]:
 
 def cluster_leftovers(info: dict[str, Any]) -> list[str]:
     return processes_mentioning(info["cluster_dir"], info["master_url"].removeprefix("spark://"))
-
-
-def is_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def is_loopback(ip: str) -> bool:
@@ -254,10 +200,11 @@ def test_failed_step_cancels_the_later_ones(
     assert not never.exists()
 
 
-def test_cancel_kills_the_running_step(
-    cluster: dict, state_dir: Path, scripts: Path, tmp_path: Path
-) -> None:
-    pid_file, out = tmp_path / "sleeper.pid", tmp_path / "out.txt"
+def sleeper_then_append(
+    state_dir: Path, cluster: dict, scripts: Path, pid_file: Path, out: Path
+) -> tuple[str, str, int]:
+    """Add a step that sleeps, then one that appends "ran" to `out`; once the sleeper's driver
+    wrote its pid to `pid_file`, return both step ids and that pid."""
     sleeper_id, next_id = add_steps(
         state_dir,
         cluster["cluster_id"],
@@ -267,6 +214,16 @@ def test_cancel_kills_the_running_step(
         ],
     )
     driver_pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 60, "driver"))
+    return sleeper_id, next_id, driver_pid
+
+
+def test_cancel_kills_the_running_step(
+    cluster: dict, state_dir: Path, scripts: Path, tmp_path: Path
+) -> None:
+    pid_file, out = tmp_path / "sleeper.pid", tmp_path / "out.txt"
+    sleeper_id, next_id, driver_pid = sleeper_then_append(
+        state_dir, cluster, scripts, pid_file, out
+    )
     assert describe_step(state_dir, cluster["cluster_id"], sleeper_id)["state"] == "RUNNING"
 
     assert cancel_steps(state_dir, cluster["cluster_id"], [sleeper_id]) == [sleeper_id]
@@ -284,15 +241,7 @@ def test_killed_runner_fails_its_step_and_stops_it(
     cluster: dict, state_dir: Path, scripts: Path, tmp_path: Path
 ) -> None:
     pid_file, never = tmp_path / "sleeper.pid", tmp_path / "never.txt"
-    sleeper_id, next_id = add_steps(
-        state_dir,
-        cluster["cluster_id"],
-        [
-            step("sleep", scripts / "sleep.py", pid_file),
-            step("next", scripts / "append.py", never, "ran"),
-        ],
-    )
-    wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 60, "driver")
+    sleeper_id, next_id, _ = sleeper_then_append(state_dir, cluster, scripts, pid_file, never)
     runner_pid = describe_cluster(state_dir, cluster["cluster_id"])["processes"]["runner"]["pid"]
 
     os.kill(runner_pid, signal.SIGKILL)

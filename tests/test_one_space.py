@@ -31,8 +31,7 @@ from fruits_pipeline import basis, lease
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from spark_jobs import basis as basis_files
-from tests import dag_harness
-from tests.dag_harness import (
+from tests.support.dag_harness import (
     REFIT_DAG_FILE,
     cluster_ids,
     cluster_leftovers,
@@ -40,8 +39,6 @@ from tests.dag_harness import (
     settings_modules_restored,
     tree_digest,
 )
-
-airflow_db = dag_harness.airflow_db  # fixture
 
 pytestmark = [
     pytest.mark.slow,

@@ -37,7 +37,8 @@ from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.backends.local import runner as local_runner
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
-from tests.dag_harness import cluster_ids, cluster_leftovers, tree_digest
+from tests.support import dag_harness
+from tests.support.dag_harness import ClusterStateDirs, cluster_ids, cluster_leftovers, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +50,10 @@ GRACE_S = 15
 
 
 @dataclass
-class World:
+class World(ClusterStateDirs):
     tmp: Path
     lake: Lake
     template_home: Path
-
-    def state_dir(self, name: str) -> Path:
-        return self.tmp / f"clusters-{name}"
 
     def home(self, name: str) -> Path:
         return self.tmp / f"home-{name}"
@@ -139,17 +137,9 @@ def world(tmp_path_factory) -> Iterator[World]:
     assert sum(make_synthetic_fruits(Path(lake.raw(D)), n_classes=3, per_class=4).values()) == 12
     template = tmp / "home-template"
     template.mkdir()
-    subprocess.run(
-        [AIRFLOW, "db", "migrate"],
-        env=throwaway.airflow_env(template, Path(lake.root), "random"),
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
+    dag_harness.migrate_demo_home(template, lake)
     yield World(tmp, lake, template)
-    for state_dir in tmp.glob("clusters-*"):
-        for cluster_id in cluster_ids(state_dir):
-            local_cluster.terminate_cluster(state_dir, cluster_id, reason="test teardown")
+    dag_harness.terminate_clusters(tmp)
 
 
 def test_two_runs_of_one_day_at_once_the_second_is_refused_naming_the_first(world):

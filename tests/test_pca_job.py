@@ -12,59 +12,18 @@ import time
 from datetime import datetime
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from fruits_pipeline.settings import REPO_ROOT as REPO
 from spark_jobs import basis, pca
-from tests.conftest import REPO
+from tests.support.pca_data import DIM, WEIGHTS_A, WEIGHTS_B, synthetic_vectors, write_features
 
 pytestmark = pytest.mark.slow
-DIM = 1280
 BASIS = "basis-20260102T020000Z-0123abcd"
-WEIGHTS_A = {"source": "/a.h5", "sha256": "aaa"}
-WEIGHTS_B = {"source": "/b.h5", "sha256": "bbb"}
-
-
-def write_features(path, vectors: np.ndarray, labels: list[str], weights: dict | None = None):
-    """Parquet as featurize writes it and, with `weights`, its `_featurize.json` beside it."""
-    path.mkdir(parents=True)
-    table = pa.table(
-        {
-            "path": [f"file:/raw/{label}/{i}.jpg" for i, label in enumerate(labels)],
-            "label": labels,
-            "features": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
-        }
-    )
-    # Several files, so that moments are merged across partitions.
-    bounds = np.linspace(0, len(labels), 4).astype(int)
-    for part, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        pq.write_table(table.slice(start, stop - start), path / f"part-{part}.parquet")
-    if weights is not None:
-        (path / "_featurize.json").write_text(json.dumps({"weights": weights}))
-
-
-def synthetic_vectors(
-    rows: int, distribution: int = 0, draw: int = 0, dim: int = DIM
-) -> tuple[np.ndarray, list[str]]:
-    """Low-rank structure plus noise, ReLU-like, with two dead (all-zero) columns.
-
-    `distribution` picks the class centres and the latent directions; `draw` the rows drawn
-    from them: the same distribution with another draw is another day of the same uploads."""
-    shape = np.random.default_rng(distribution)
-    centres = shape.normal(0, 3, (5, 20))
-    loadings = shape.normal(0, 1, (20, dim))
-    rng = np.random.default_rng([distribution, draw])
-    labels = [f"class {i % 5}" for i in range(rows)]
-    latent = centres[[i % 5 for i in range(rows)]] + rng.normal(0, 1, (rows, 20))
-    vectors = np.maximum(latent @ loadings + rng.normal(0, 0.5, (rows, dim)), 0)
-    vectors[:, [7, min(900, dim - 1)]] = 0.0
-    return vectors.astype(np.float32), labels
-
-
 def fit_argv(inputs, out, basis_folder, *extra: str) -> list[str]:
     return ["--input", *map(str, inputs), "--output", str(out / "reduced"), "--report",
             str(out / "report"), "--fit-basis", str(basis_folder), *extra]
@@ -445,13 +404,18 @@ def test_captured_share_says_whether_a_day_is_like_the_fit(fitted, applied):
     assert shifted < same - 0.5  # other latent directions: about 0.04
 
 
-def test_apply_with_other_weights_is_refused(spark, fitted, tmp_path):
+def apply_to_new_features(fitted, tmp_path, features: tuple, weights: dict):
+    """Arguments applying the fitted basis BASIS to `features` (vectors, labels) made with
+    `weights`, written in tmp_path."""
     root, _, _ = fitted
-    vectors, labels = synthetic_vectors(40, draw=3)
-    write_features(tmp_path / "features", vectors, labels, WEIGHTS_B)
-    args = pca.parse_args(
+    write_features(tmp_path / "features", *features, weights)
+    return pca.parse_args(
         apply_argv(tmp_path / "features", tmp_path, root / "models" / "pca" / BASIS)
     )
+
+
+def test_apply_with_other_weights_is_refused(spark, fitted, tmp_path):
+    args = apply_to_new_features(fitted, tmp_path, synthetic_vectors(40, draw=3), WEIGHTS_B)
     with pytest.raises(basis.WeightsMismatch) as raised:
         pca.run(spark, args)
     message = str(raised.value)
@@ -460,12 +424,7 @@ def test_apply_with_other_weights_is_refused(spark, fitted, tmp_path):
 
 
 def test_apply_of_other_dimensions_is_refused(spark, fitted, tmp_path):
-    root, _, _ = fitted
-    vectors, labels = synthetic_vectors(10, dim=64)
-    write_features(tmp_path / "features", vectors, labels, WEIGHTS_A)
-    args = pca.parse_args(
-        apply_argv(tmp_path / "features", tmp_path, root / "models" / "pca" / BASIS)
-    )
+    args = apply_to_new_features(fitted, tmp_path, synthetic_vectors(10, dim=64), WEIGHTS_A)
     with pytest.raises(ValueError, match=f"basis {BASIS} expects 1280-d vectors; .* 64-d"):
         pca.run(spark, args)
 

@@ -18,7 +18,7 @@ import pytest
 
 from spark_jobs import basis, featurize, pca
 from spark_jobs.images import load_model_input
-from tests.conftest import SHARED_SAMPLE, SHARED_WEIGHTS, require_shared
+from tests.support.shared_data import SHARED_SAMPLE, SHARED_WEIGHTS, require_shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 BASIS = "basis-20260102T020000Z-0123abcd"

@@ -13,33 +13,36 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from devtools.airflow_env import base_env
+from tests.support.graph import edges_from, parse_dag_file, task_edges
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "dags" / "fruits_pca_basis.py"
 DAG_ID = "fruits_pca_basis"
 
-EDGES = {
-    "check_window": (set(), {"take_leases"}),
-    "take_leases": (
-        {"check_window"},
-        {"create_cluster", "add_steps", "validate_refit", "switch_basis", "restore_and_release"},
-    ),
-    "create_cluster": (
-        {"take_leases"},
-        {"add_steps", "watch_fit", "watch_reproject", "terminate_cluster"},
-    ),
-    "add_steps": ({"take_leases", "create_cluster"}, {"watch_fit"}),
-    "watch_fit": ({"add_steps", "create_cluster"}, {"watch_reproject"}),
-    "watch_reproject": ({"watch_fit", "create_cluster"}, {"validate_refit"}),
-    "validate_refit": ({"watch_reproject", "take_leases"}, {"switch_basis"}),
-    "switch_basis": ({"validate_refit", "take_leases"}, {"terminate_cluster"}),
-    "terminate_cluster": ({"create_cluster", "switch_basis"}, {"restore_and_release"}),
-    "restore_and_release": ({"take_leases", "terminate_cluster"}, set()),
-}
+# Every arrow of the graph, upstream -> downstream, by upstream task.
+EDGES = edges_from(
+    [
+        ("check_window", "take_leases"),
+        ("take_leases", "create_cluster"),
+        ("take_leases", "add_steps"),
+        ("take_leases", "validate_refit"),
+        ("take_leases", "switch_basis"),
+        ("take_leases", "restore_and_release"),
+        ("create_cluster", "add_steps"),
+        ("create_cluster", "watch_fit"),
+        ("create_cluster", "watch_reproject"),
+        ("create_cluster", "terminate_cluster"),
+        ("add_steps", "watch_fit"),
+        ("watch_fit", "watch_reproject"),
+        ("watch_reproject", "validate_refit"),
+        ("validate_refit", "switch_basis"),
+        ("switch_basis", "terminate_cluster"),
+        ("terminate_cluster", "restore_and_release"),
+    ]
+)
 
 
 def env_for(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
@@ -50,23 +53,14 @@ def env_for(tmp_path: Path, backend: str, **extra: str) -> dict[str, str]:
 
 
 def parse(env: dict[str, str]):
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [n for n in os.environ if n.startswith("FRUITS_")]:
-            patch.delenv(name)
-        for name, value in env.items():
-            patch.setenv(name, value)
-        bag = DagBag(dag_folder=DAG_FILE, bundle_name="fruits-tests", safe_mode=True)
-    return bag, bag.dags.get(DAG_ID)
+    return parse_dag_file(DAG_FILE, DAG_ID, env)
 
 
 @pytest.mark.parametrize("backend", ["local", "emr"])
 def test_the_refit_dag_is_its_steps_with_setups_and_teardowns(tmp_path, backend):
     bag, dag = parse(env_for(tmp_path, backend))
     assert (bag.import_errors, bag.captured_warnings, bag.dag_ids) == ({}, {}, [DAG_ID])
-    assert {
-        task.task_id: (set(task.upstream_task_ids), set(task.downstream_task_ids))
-        for task in dag.tasks
-    } == EDGES
+    assert task_edges(dag) == EDGES
     assert {t.task_id for t in dag.tasks if t.is_setup} == {"take_leases", "create_cluster"}
     teardowns = {t.task_id for t in dag.tasks if t.is_teardown}
     assert teardowns == {"terminate_cluster", "restore_and_release"}

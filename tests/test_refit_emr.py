@@ -1,6 +1,7 @@
 """The EMR path of `fruits_pca_basis` end to end: a refit of the lake's PCA basis, `dag.test()`
-against moto, in the world of `tests/test_dag_emr.py` (its `pipeline` fixture: mocked lake,
-moto's EMR moved by `FakeEmr`, every RunJobFlow request recorded).
+against moto, in the world of `tests/test_dag_emr.py` (the `pipeline` fixture of
+`tests/support/emr_world.py`: mocked lake, moto's EMR moved by `FakeEmr`, every RunJobFlow
+request recorded).
 
 The lake holds three published days in an old basis, as daily runs leave it. The refit's two
 steps are fake jobs writing what `spark_jobs/pca.py` (fit only) and `spark_jobs/reproject.py`
@@ -24,10 +25,17 @@ import pytest
 from fruits_pipeline import basis, lease, refit
 from fruits_pipeline.backends.emr.config import EmrSettings, job_flow_overrides, job_steps
 from spark_jobs import basis as basis_files
-from tests import dag_harness, test_dag_emr
-from tests.dag_harness import load_dag, write_basis, write_featurize_outputs, write_pca_outputs
-from tests.test_dag_emr import (
+from tests.support.dag_harness import (
+    REFIT_DAG_FILE,
+    REPO,
+    load_dag,
+    write_basis,
+    write_featurize_outputs,
+    write_pca_outputs,
+)
+from tests.support.emr_world import (
     BUCKET,
+    IN_PROCESS_API_WARNING,
     LAKE,
     POKE_INTERVAL_S,
     REGION,
@@ -35,22 +43,14 @@ from tests.test_dag_emr import (
     D,
     Pipeline,
     staged_prefix,
-    task_states,
 )
+from tests.support.states import task_states
 
-# The fixtures of the EMR world, shared with tests/test_dag_emr.py.
-airflow_db = test_dag_emr.airflow_db
-pipeline = test_dag_emr.pipeline
-
-pytestmark = [
-    pytest.mark.slow,
-    # Airflow's in-process execution API client, not this code.
-    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
-]
+pytestmark = [pytest.mark.slow, IN_PROCESS_API_WARNING]
 
 # The refit stages every job script (artifacts.artifact_files), reproject.py included: without
 # it, take_leases fails with FileNotFoundError before any cluster.
-REPROJECT_SCRIPT_MISSING = not (dag_harness.REPO / "spark_jobs" / "reproject.py").is_file()
+REPROJECT_SCRIPT_MISSING = not (REPO / "spark_jobs" / "reproject.py").is_file()
 needs_reproject_script = pytest.mark.xfail(
     REPROJECT_SCRIPT_MISSING,
     reason=(
@@ -236,7 +236,7 @@ def reproject_job(pipeline: Pipeline, *, fail: bool = False):
 def run_refit(pipeline: Pipeline, **conf: Any):
     """One manual run of fruits_pca_basis over WINDOW with k=K_NEW; a new logical date each
     time."""
-    dag = load_dag(dag_harness.REFIT_DAG_FILE)
+    dag = load_dag(REFIT_DAG_FILE)
     for task_id in ("watch_fit", "watch_reproject"):
         dag.get_task(task_id).poke_interval = POKE_INTERVAL_S
     logical_date = datetime(2026, 4, 1, next(_refit_hours), tzinfo=UTC)

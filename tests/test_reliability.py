@@ -35,24 +35,22 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from devtools.samples import make_bad_input_corpus, make_synthetic_fruits
+from devtools.samples import make_synthetic_fruits
 from fruits_pipeline import lease, steps, validation
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from fruits_pipeline.params import validate_params
 from spark_jobs.basis import new_basis_id
-from tests import dag_harness
-from tests.dag_harness import (
-    ALL_TASKS,
+from tests.support.corpora import BAD_INPUT_OUTCOMES, make_bad_input_corpus
+from tests.support.dag_harness import (
     cluster_ids,
     cluster_leftovers,
     load_dag,
     settings_modules_restored,
     tree_digest,
 )
-from tests.test_local_backend import SCRIPTS, is_gone, wait_for
-
-airflow_db = dag_harness.airflow_db  # fixture
+from tests.support.processes import SCRIPTS, is_gone, wait_for
+from tests.support.states import FEATURIZE_FAILED, task_states
 
 S3_LAKE = Lake("s3://fruits-lake/prod")
 
@@ -109,31 +107,11 @@ def test_params_refuse_what_test_params_did_not_try(raw, message):
 
 D_EARLIER, D_A, D_B = date(2026, 6, 1), date(2026, 6, 2), date(2026, 6, 3)
 DATASETS = ("raw", "features", "errors", "reduced", "reports")
-# Every file of the bad-input corpus and exactly what the featurize job makes of it.
+# Every file of the bad-input corpus and exactly what the featurize job makes of it: the
+# reason of an error, the label of a processed image.
 CORPUS_OUTCOMES = {
-    "Apple Braeburn/zero_bytes.jpg": ("error", "empty"),
-    "Apple Braeburn/truncated.jpg": ("error", "truncated"),
-    "Apple Braeburn/not_an_image.jpg": ("error", "not an image"),
-    "Banana/decompression_bomb.png": ("error", "decompression bomb"),
-    "orphan_no_label.jpg": ("error", "no label folder"),
-    "Banana/png_named.jpg": ("processed", "Banana"),
-    "Banana/cmyk.jpg": ("processed", "Banana"),
-    "Banana/grayscale.jpg": ("processed", "Banana"),
-    "Banana/sixteen_bit.png": ("processed", "Banana"),
-    "Banana/rgba.png": ("processed", "Banana"),
-    "Banana/palette.png": ("processed", "Banana"),
-    "Banana/UPPER_CASE.JPG": ("processed", "Banana"),
-    "Banana/mixed_case.JpEg": ("processed", "Banana"),
-    "Banana/upper.PNG": ("processed", "Banana"),
-    "Pomme d'été/large_4000px.jpg": ("processed", "Pomme d'été"),
-    "Pomme d'été/exif_rotated.jpg": ("processed", "Pomme d'été"),
-    'Label "quoted" & more/quoted.jpg': ("processed", 'Label "quoted" & more'),
-    "Banana/notes.txt": ("ignored", None),
-    "Banana/picture.gif": ("ignored", None),
-    "Banana/data.csv": ("ignored", None),
-    "Banana/.hidden.jpg": ("ignored", None),
-    "Banana/_underscore.jpg": ("ignored", None),
-    ".hidden_dir/x.jpg": ("ignored", None),
+    relpath: (outcome, reason if outcome == "error" else label)
+    for relpath, (outcome, label, reason) in BAD_INPUT_OUTCOMES.items()
 }
 
 
@@ -356,10 +334,6 @@ class LocalWorld:
         return [describe_cluster(self.state_dir, cid) for cid in cluster_ids(self.state_dir)]
 
 
-def task_states(run) -> dict[str, str | None]:
-    return {ti.task_id: ti.state for ti in run.get_task_instances()}
-
-
 IDLE_TIMEOUT_S = 90
 
 
@@ -433,13 +407,7 @@ def test_failed_featurize_step_fails_the_local_run_and_leaves_no_process(local_w
     run = world.run({"partition_date": D_A.isoformat(), "weights": str(corrupt)})
 
     assert run.state == "failed"
-    assert task_states(run) == {
-        **dict.fromkeys(ALL_TASKS, "success"),
-        "watch_featurize": "failed",
-        "watch_pca": "upstream_failed",
-        "validate": "upstream_failed",
-        "publish": "upstream_failed",
-    }
+    assert task_states(run) == FEATURIZE_FAILED
     cluster = assert_ended_without_a_trace(world)
     steps_file = json.loads((Path(cluster["cluster_dir"]) / "steps.json").read_text())
     featurize, pca = (describe_step(world.state_dir, cluster["cluster_id"], s["step_id"])
@@ -492,13 +460,7 @@ def test_dead_step_runner_fails_the_sensor_and_the_teardown_leaves_no_process(lo
     run = world.run({"partition_date": D_A.isoformat()})
 
     assert run.state == "failed"
-    assert task_states(run) == {
-        **dict.fromkeys(ALL_TASKS, "success"),
-        "watch_featurize": "failed",
-        "watch_pca": "upstream_failed",
-        "validate": "upstream_failed",
-        "publish": "upstream_failed",
-    }
+    assert task_states(run) == FEATURIZE_FAILED
     step = killed["step"]
     assert world.sensor_errors == {
         "watch_featurize": (

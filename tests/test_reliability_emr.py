@@ -1,45 +1,36 @@
 """Failure modes of the EMR path, against moto (issue 5/5): each one fails the run with its reason,
 ends the cluster and never leaves the partition looking published.
 
-Reuses the world of `tests/test_dag_emr.py` (the `pipeline` fixture: mocked lake, moto's EMR
-driven by `FakeEmr`, one `dag.test()` per run). What that module already shows is not repeated
-here: a failed featurize step, invalid outputs at validate, no uploads, a rerun while in flight.
+Runs in the world of `tests/test_dag_emr.py` (the `pipeline` fixture of
+`tests/support/emr_world.py`: mocked lake, moto's EMR driven by `FakeEmr`, one `dag.test()` per
+run). What that module already shows is not repeated here: a failed featurize step, invalid
+outputs at validate, no uploads, a rerun while in flight.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import botocore.client
 import pytest
 
 from fruits_pipeline import lease
-from tests import test_dag_emr
-from tests.dag_harness import load_dag
-from tests.test_dag_emr import (
+from tests.support.emr_world import (
     FEATURIZE,
+    IN_PROCESS_API_WARNING,
     LAKE,
     PCA,
-    POKE_INTERVAL_S,
     REGION,
     RUN_CONF,
     UPLOADS,
     D,
     Pipeline,
     featurize_job,
-    task_states,
 )
+from tests.support.states import expected_states, task_states
 
-# The fixtures of the EMR world, shared with tests/test_dag_emr.py.
-airflow_db = test_dag_emr.airflow_db
-pipeline = test_dag_emr.pipeline
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
-]
+pytestmark = [pytest.mark.slow, IN_PROCESS_API_WARNING]
 
 PCA_FAILURE = {
     "Reason": "Unknown Error.",
@@ -56,11 +47,7 @@ EARLIER_MARKER = {"partition": D.isoformat(), "images_found": 6, "featurized": 5
 
 def run_with_conf(pipeline: Pipeline, conf: dict[str, Any]):
     """`Pipeline.run` with another trigger form."""
-    dag = load_dag()
-    for task_id in ("watch_featurize", "watch_pca"):
-        dag.get_task(task_id).poke_interval = POKE_INTERVAL_S
-    logical_date = datetime(2026, 3, 1, next(pipeline.runs), tzinfo=UTC)
-    return dag.test(logical_date=logical_date, run_conf=conf)
+    return pipeline.run_form(conf, month=3)
 
 
 def active_clusters(pipeline: Pipeline) -> list[str]:
@@ -88,18 +75,9 @@ def test_failed_pca_step_fails_the_run_terminates_and_keeps_the_earlier_publicat
     run = run_with_conf(pipeline, RUN_CONF | {"k": 5})
 
     assert run.state == "failed"
-    assert task_states(run) == {
-        "check_uploads": "success",
-        "prepare_run": "success",
-        "create_cluster": "success",
-        "add_steps": "success",
-        "watch_featurize": "success",
-        "watch_pca": "failed",
-        "validate": "upstream_failed",
-        "publish": "upstream_failed",
-        "terminate_cluster": "success",
-        "release_partition": "success",
-    }
+    assert task_states(run) == expected_states(
+        watch_pca="failed", validate="upstream_failed", publish="upstream_failed"
+    )
     assert pipeline.emr.transitions == [
         (FEATURIZE, "RUNNING"),
         (FEATURIZE, "COMPLETED"),

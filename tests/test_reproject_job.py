@@ -14,7 +14,7 @@ from PIL import Image
 
 from spark_jobs import basis, pca, report, reproject
 from spark_jobs.pca_math import Moments, PcaModel, captured_variance
-from tests.test_pca_job import WEIGHTS_A, WEIGHTS_B, synthetic_vectors, write_features
+from tests.support.pca_data import WEIGHTS_A, WEIGHTS_B, synthetic_vectors, write_features
 
 pytestmark = pytest.mark.slow
 NEW_BASIS = "basis-20260201T020000Z-0000aaaa"

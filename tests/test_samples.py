@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from devtools.samples import (
-    FRUIT_STYLES,
+from devtools.samples import FRUIT_STYLES, label_slug, make_synthetic_fruits
+from tests.support.corpora import (
+    BAD_INPUT_OUTCOMES,
     IMAGE_CASES_FOUND,
     CorpusCase,
-    label_slug,
     make_bad_input_corpus,
-    make_synthetic_fruits,
 )
 
 
@@ -112,29 +111,7 @@ def _case_path(corpus, relpath: str) -> Path:
 def test_corpus_outcomes_are_the_contract(corpus):
     _, cases = corpus
     assert {c.relpath: (c.expected, c.reason_contains) for c in cases} == {
-        "Apple Braeburn/zero_bytes.jpg": ("error", "empty"),
-        "Apple Braeburn/truncated.jpg": ("error", "truncated"),
-        "Apple Braeburn/not_an_image.jpg": ("error", "not an image"),
-        "Banana/png_named.jpg": ("processed", None),
-        "Banana/cmyk.jpg": ("processed", None),
-        "Banana/grayscale.jpg": ("processed", None),
-        "Banana/sixteen_bit.png": ("processed", None),
-        "Banana/rgba.png": ("processed", None),
-        "Banana/palette.png": ("processed", None),
-        "Banana/UPPER_CASE.JPG": ("processed", None),
-        "Banana/mixed_case.JpEg": ("processed", None),
-        "Banana/upper.PNG": ("processed", None),
-        "Pomme d'été/large_4000px.jpg": ("processed", None),
-        "Pomme d'été/exif_rotated.jpg": ("processed", None),
-        'Label "quoted" & more/quoted.jpg': ("processed", None),
-        "Banana/decompression_bomb.png": ("error", "decompression bomb"),
-        "Banana/notes.txt": ("ignored", None),
-        "Banana/picture.gif": ("ignored", None),
-        "Banana/data.csv": ("ignored", None),
-        "Banana/.hidden.jpg": ("ignored", None),
-        "Banana/_underscore.jpg": ("ignored", None),
-        ".hidden_dir/x.jpg": ("ignored", None),
-        "orphan_no_label.jpg": ("error", "no label folder"),
+        relpath: (outcome, reason) for relpath, (outcome, _, reason) in BAD_INPUT_OUTCOMES.items()
     }
 
 

@@ -28,22 +28,13 @@ from typing import Any
 import boto3
 import botocore.client
 import pytest
-from moto import mock_aws
 
 from fruits_pipeline.lake_io import S3LakeStorage
-from tests import test_dag_emr
-from tests.test_dag_emr import (
-    BUCKET,
-    LAKE,
-    REGION,
-    UPLOADS,
-    D,
-    Pipeline,
-    featurize_job,
-    pca_job,
-    staged_prefix,
-)
-from tests.test_emr_config import ROLES, render
+from tests.support import emr_world
+from tests.support.commands import run_command
+from tests.support.emr_world import BUCKET, LAKE, REGION, D
+from tests.support.iam import ACCOUNT, ROLES, render
+from tests.support.s3 import mocked_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 DETECT_SECRETS = Path(sys.executable).with_name("detect-secrets")
@@ -64,11 +55,6 @@ ALLOWED_FINDINGS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-# The fixtures of the EMR world, shared with tests/test_dag_emr.py.
-airflow_db = test_dag_emr.airflow_db
-pipeline = test_dag_emr.pipeline
-
-
 # --- (1) no secret in the repository -----------------------------------------------------------
 
 
@@ -86,14 +72,7 @@ def repository_files() -> list[str]:
 
 def scan(paths: list[str], cwd: Path) -> dict[str, list[dict[str, Any]]]:
     """`detect-secrets scan PATH...`: findings by file, with their type, line and hash."""
-    done = subprocess.run(
-        [str(DETECT_SECRETS), "scan", *paths],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_command([str(DETECT_SECRETS), "scan", *paths], cwd=cwd, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)["results"]
 
@@ -131,13 +110,7 @@ def test_the_scanner_finds_a_fake_aws_key(tmp_path):
 
 @pytest.fixture
 def s3(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(name, "testing")
-    with mock_aws():
-        client = boto3.client("s3", region_name=REGION)
-        client.create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
-        )
+    with mocked_bucket(monkeypatch, BUCKET, REGION) as client:
         yield client
 
 
@@ -166,13 +139,13 @@ def test_a_run_writes_every_object_encrypted(pipeline, monkeypatch, kms):
     if kms:
         key_id = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["KeyId"]
         monkeypatch.setenv("FRUITS_EMR_KMS_KEY_ID", key_id)
-    pipeline.put_uploads(UPLOADS)
-    pipeline.emr.jobs = {"featurize": featurize_job(pipeline), "pca": pca_job(pipeline)}
+    pipeline.put_uploads(emr_world.UPLOADS)
+    pipeline.emr.jobs = emr_world.succeeding_jobs(pipeline)
 
     run = pipeline.run()
 
     assert run.state == "success"
-    prefix = staged_prefix()
+    prefix = emr_world.staged_prefix()
     written = [f"{prefix}/{name}" for name in pipeline.keys(prefix)] + [LAKE.success_marker(D)]
     assert len(written) == 7  # six staged artifacts (three job scripts) and the marker
     for uri in written:
@@ -189,7 +162,7 @@ def test_a_run_writes_every_object_encrypted(pipeline, monkeypatch, kms):
 # --- (5) no secret in task logs or XComs -------------------------------------------------------
 
 
-def run_texts(pipeline: Pipeline, run) -> dict[str, str]:
+def run_texts(pipeline: emr_world.Pipeline, run) -> dict[str, str]:
     """Everything a run leaves readable in Airflow: XComs, rendered fields, conf, log files."""
     from airflow.models.dagrun import DagRun
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
@@ -232,9 +205,11 @@ def test_no_secret_in_task_logs_or_xcom(pipeline, monkeypatch, airflow_db, capfd
         return make_api_call(client, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording_credentials)
-    pipeline.put_uploads(UPLOADS)
-    failure = dict(test_dag_emr.FAILURE)
-    pipeline.emr.jobs = {"featurize": lambda name: ("FAILED", failure), "pca": pca_job(pipeline)}
+    pipeline.put_uploads(emr_world.UPLOADS)
+    failure = dict(emr_world.FAILURE)
+    pipeline.emr.jobs = emr_world.succeeding_jobs(pipeline) | {
+        "featurize": lambda name: ("FAILED", failure)
+    }
 
     with caplog.at_level("DEBUG"):
         run = pipeline.run()
@@ -250,8 +225,6 @@ def test_no_secret_in_task_logs_or_xcom(pipeline, monkeypatch, airflow_db, capfd
 
 
 # --- (2') every AWS call of a run is allowed by the Airflow role --------------------------------
-
-ACCOUNT = "123456789012"  # moto's default account, and the one render() puts in the policies
 
 
 def condition_holds(condition: dict[str, dict[str, str]], context: dict[str, str]) -> bool:
@@ -346,8 +319,8 @@ def test_every_aws_call_of_a_run_is_allowed_by_the_airflow_policy(pipeline, monk
         return make_api_call(client, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
-    pipeline.put_uploads(UPLOADS)
-    pipeline.emr.jobs = {"featurize": featurize_job(pipeline), "pca": pca_job(pipeline)}
+    pipeline.put_uploads(emr_world.UPLOADS)
+    pipeline.emr.jobs = emr_world.succeeding_jobs(pipeline)
     assert pipeline.run().state == "success"  # prepare_run deletes _SUCCESS, as every run does
     cluster_id = pipeline.cluster_ids()[-1]
     step_id = pipeline.steps(cluster_id)[0]["Id"]

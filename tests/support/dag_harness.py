@@ -1,7 +1,7 @@
 """Running the `fruits_features` DAG in tests: an Airflow metadata DB, a fresh DAG parse, moto's
 EMR driven step by step, and the outputs the Spark jobs would write.
 
-Import the fixtures into a test module (`from tests.dag_harness import airflow_db, ...`).
+`tests/conftest.py` registers the `airflow_db` fixture for every test module.
 
 - `airflow_db` (session): a throwaway AIRFLOW_HOME with a migrated SQLite DB; Airflow's ORM in
   this process is pointed at it, whether or not airflow was imported before.
@@ -39,28 +39,10 @@ from devtools.airflow_env import base_env
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LakeStorage
+from fruits_pipeline.settings import REPO_ROOT
+from tests.support.processes import live_processes
 
-# The DAG's tasks, in order; a run on a day without uploads skips all but the first.
-ALL_TASKS = frozenset(
-    {
-        "check_uploads",
-        "prepare_run",
-        "create_cluster",
-        "add_steps",
-        "watch_featurize",
-        "watch_pca",
-        "validate",
-        "publish",
-        "terminate_cluster",
-        "release_partition",
-    }
-)
-SKIPPED_RUN = {
-    **dict.fromkeys(ALL_TASKS - {"check_uploads"}, "skipped"),
-    "check_uploads": "success",
-}
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 DAG_FILE = REPO / "dags" / "fruits_features.py"
 REFIT_DAG_FILE = REPO / "dags" / "fruits_pca_basis.py"
 FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"})
@@ -140,26 +122,53 @@ def settings_modules_restored() -> Iterator[None]:
 # --- processes and files a local run leaves ----------------------------------------------------
 
 
+class ClusterStateDirs:
+    """For a test's world with a scratch folder `tmp`: a cluster state dir for each scenario."""
+
+    tmp: Path
+
+    def state_dir(self, scenario: str) -> Path:
+        return self.tmp / f"clusters-{scenario}"
+
+
 def cluster_ids(state_dir: Path) -> list[str]:
+    """Ids of the local clusters started with `state_dir`, sorted."""
     if not state_dir.is_dir():
         return []
     return sorted(p.name for p in state_dir.iterdir() if (p / local_cluster.CLUSTER_FILE).is_file())
+
+
+def migrate_demo_home(home: Path, lake: Lake) -> None:
+    """Migrate the SQLite metadata DB of `home`, in the environment the demo runs Airflow with
+    (random weights, the lake's root)."""
+    from devtools import throwaway
+
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        env=throwaway.airflow_env(home, Path(lake.root), "random"),
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+
+
+def terminate_clusters(tmp: Path) -> None:
+    """Terminate every local cluster of the state dirs `tmp/clusters-*`, whatever a test left."""
+    for state_dir in tmp.glob("clusters-*"):
+        for cluster_id in cluster_ids(state_dir):
+            local_cluster.terminate_cluster(state_dir, cluster_id, reason="test teardown")
 
 
 def leftover_processes(*markers: Path) -> list[str]:
     """Processes (not zombies) whose command line names one of the markers (a state dir, an
     AIRFLOW_HOME) or whose environment points FRUITS_LOCAL_STATE_DIR or AIRFLOW_HOME at one."""
     texts = {str(marker) for marker in markers}
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        environ = proc.info["environ"] or {}
-        marked = {environ.get("FRUITS_LOCAL_STATE_DIR"), environ.get("AIRFLOW_HOME")} & texts
-        if marked or any(text in cmdline for text in texts):
-            found.append(f"{proc.pid}: {cmdline[:300]}")
-    return found
+
+    def marked(cmdline: str, environ: dict[str, str]) -> bool:
+        named = {environ.get("FRUITS_LOCAL_STATE_DIR"), environ.get("AIRFLOW_HOME")} & texts
+        return bool(named) or any(text in cmdline for text in texts)
+
+    return live_processes(marked)
 
 
 def cluster_leftovers(state_dir: Path, *markers: Path) -> list[str]:
