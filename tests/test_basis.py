@@ -29,9 +29,8 @@ STORAGE = LocalLakeStorage()
 
 
 def hold_day(lake: Lake, dt: date, token: str, now=T0) -> None:
-    lease.acquire(STORAGE, lake, dt, token=token, dag_id="fruits_features",
-                  run_id=f"manual__{token}", holder_alive=ALIVE, grace_s=600, ttl_s=3600,
-                  now=now)  # fmt: skip
+    run = lease.RunIdentity("fruits_features", f"manual__{token}", token)
+    lease.acquire(STORAGE, lake, dt, run, lease.LeaseTerms(ALIVE, 600, 3600), now)
 
 
 def plan(lake: Lake, dt: date, token: str, *, alive=ALIVE, now=T0) -> basis.BasisPlan:

@@ -18,18 +18,8 @@ GRACE_S, TTL_S = 600, 3600
 
 
 def take(lake, storage, token, *, alive=lambda token, partition: True, now=T0, run_id=None):
-    return lease.acquire(
-        storage,
-        lake,
-        D,
-        token=token,
-        dag_id="fruits_features",
-        run_id=run_id or f"manual__{token}",
-        holder_alive=alive,
-        grace_s=GRACE_S,
-        ttl_s=TTL_S,
-        now=now,
-    )
+    run = lease.RunIdentity("fruits_features", run_id or f"manual__{token}", token)
+    return lease.acquire(storage, lake, D, run, lease.LeaseTerms(alive, GRACE_S, TTL_S), now)
 
 
 A = "20260505T020000Z-aaaaaaaa"

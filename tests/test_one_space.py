@@ -164,8 +164,9 @@ def test_a_daily_run_started_during_a_refit_fails_at_once_and_touches_nothing(fo
     storage = LocalLakeStorage()
     # A refit in flight, as its take_leases task leaves the lake.
     lease.acquire(
-        storage, lake, lease.REFIT, token=REFIT_TOKEN, dag_id="fruits_pca_basis",
-        run_id="manual__refit-in-flight", holder_alive=lambda *_: True, grace_s=900, ttl_s=3600,
+        storage, lake, lease.REFIT,
+        lease.RunIdentity("fruits_pca_basis", "manual__refit-in-flight", REFIT_TOKEN),
+        lease.LeaseTerms(lambda *_: True, 900, 3600),
     )  # fmt: skip
     try:
         dag = load_dag()

@@ -102,15 +102,15 @@ def snapshot(storage, lake: Lake) -> dict[str, bytes]:
 
 def take_refit_leases(lake, storage, *, alive=lambda token, key: True, wait_s=0.0):
     return refit.take_leases(
-        storage, lake, token=REFIT_RUN, dag_id="fruits_pca_basis", run_id="manual__refit",
-        holder_alive=alive, grace_s=600, ttl_s=3600, wait_s=wait_s, poll_s=0.01,
+        storage, lake, lease.RunIdentity("fruits_pca_basis", "manual__refit", REFIT_RUN),
+        lease.LeaseTerms(alive, 600, 3600), wait_s=wait_s, poll_s=0.01,
     )  # fmt: skip
 
 
 def take_day(lake, storage, dt: date, token: str = DAILY_RUN):
     return lease.acquire(
-        storage, lake, dt, token=token, dag_id="fruits_features", run_id=f"manual__{token}",
-        holder_alive=lambda token, key: True, grace_s=600, ttl_s=3600,
+        storage, lake, dt, lease.RunIdentity("fruits_features", f"manual__{token}", token),
+        lease.LeaseTerms(lambda token, key: True, 600, 3600),
     )  # fmt: skip
 
 
@@ -184,8 +184,8 @@ def test_one_refit_at_a_time(lake_in_old_basis):
     take_refit_leases(lake, storage)
     with pytest.raises(lease.LeaseHeld, match="one refit at a time"):
         refit.take_leases(
-            storage, lake, token=DAILY_RUN, dag_id="fruits_pca_basis", run_id="manual__2",
-            holder_alive=lambda *_: True, grace_s=600, ttl_s=3600, wait_s=0,
+            storage, lake, lease.RunIdentity("fruits_pca_basis", "manual__2", DAILY_RUN),
+            lease.LeaseTerms(lambda *_: True, 600, 3600), wait_s=0,
         )  # fmt: skip
 
 

@@ -117,9 +117,9 @@ def publish_days(pipeline: Pipeline) -> int:
     for n, dt in enumerate(DAYS):
         token = f"{dt.strftime('%Y%m%d')}T020000Z-0000000{n}"
         lease.acquire(
-            storage, LAKE, dt, token=token, dag_id="fruits_features",
-            run_id=f"scheduled__{dt.isoformat()}", holder_alive=always_alive, grace_s=600,
-            ttl_s=3600,
+            storage, LAKE, dt,
+            lease.RunIdentity("fruits_features", f"scheduled__{dt.isoformat()}", token),
+            lease.LeaseTerms(always_alive, 600, 3600),
         )  # fmt: skip
         rows = ROWS[dt]
         write_featurize_outputs(storage, LAKE, dt, rows, [], dim=DIM)
@@ -397,8 +397,9 @@ def test_a_daily_run_started_during_a_refit_fails_at_prepare_run_before_any_clus
     refit_token = "20260102T010000Z-0000abcd"  # noqa: S105 (a run token)
     # A refit in flight, as its take_leases task leaves the lake.
     held = lease.acquire(
-        pipeline.storage, LAKE, lease.REFIT, token=refit_token, dag_id="fruits_pca_basis",
-        run_id="manual__refit-in-flight", holder_alive=always_alive, grace_s=900, ttl_s=3600,
+        pipeline.storage, LAKE, lease.REFIT,
+        lease.RunIdentity("fruits_pca_basis", "manual__refit-in-flight", refit_token),
+        lease.LeaseTerms(always_alive, 900, 3600),
     )  # fmt: skip
 
     run = pipeline.run()

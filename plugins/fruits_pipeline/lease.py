@@ -56,6 +56,17 @@ class RunIdentity:
 
 
 @dataclass(frozen=True)
+class LeaseTerms:
+    """How a run takes a lease: how it tells that a holder's cluster lives
+    (`holder_alive(token, key)`), how long a new holder has to start one, and when a lease
+    expires."""
+
+    holder_alive: Callable[[str, str], bool]
+    grace_s: float
+    ttl_s: float
+
+
+@dataclass(frozen=True)
 class Lease:
     partition: str
     generation: int
@@ -124,35 +135,30 @@ def acquire(
     storage: LakeStorage,
     lake: Lake,
     dt: LeaseKey,
-    *,
-    token: str,
-    dag_id: str,
-    run_id: str,
-    holder_alive: Callable[[str, str], bool],
-    grace_s: float,
-    ttl_s: float,
+    run: RunIdentity,
+    terms: LeaseTerms,
     now: datetime | None = None,
 ) -> Lease:
-    """Take the day's (or the refit's) lease for the run `token`, or raise LeaseHeld naming
-    the holder."""
+    """Take the day's (or the refit's) lease for `run`, or raise LeaseHeld naming the
+    holder."""
     now = now or datetime.now(UTC)
     found = current(storage, lake, dt)
     taken_over = None
     if found is not None:
         held, released = found
-        reason = why_free(held, released, now, holder_alive)
+        reason = why_free(held, released, now, terms.holder_alive)
         if reason is None:
             raise LeaseHeld(_held_message(dt, held))
         taken_over = (held, reason)
     lease = Lease(
         partition=_key_value(dt),
         generation=found[0].generation + 1 if found else 1,
-        token=token,
-        dag_id=dag_id,
-        run_id=run_id,
+        token=run.token,
+        dag_id=run.dag_id,
+        run_id=run.run_id,
         acquired_at=now.isoformat(),
-        grace_until=(now + timedelta(seconds=grace_s)).isoformat(),
-        expires_at=(now + timedelta(seconds=ttl_s)).isoformat(),
+        grace_until=(now + timedelta(seconds=terms.grace_s)).isoformat(),
+        expires_at=(now + timedelta(seconds=terms.ttl_s)).isoformat(),
     )
     log = _log(storage, lake, dt)
     if not log.add(lease.generation, asdict(lease)):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -114,13 +113,9 @@ def published_days(storage: LakeStorage, lake: Lake) -> list[date]:
 def take_leases(
     storage: LakeStorage,
     lake: Lake,
+    run: lease.RunIdentity,
+    terms: lease.LeaseTerms,
     *,
-    token: str,
-    dag_id: str,
-    run_id: str,
-    holder_alive: Callable[[str, str], bool],
-    grace_s: float,
-    ttl_s: float,
     wait_s: float = DAY_WAIT_S,
     poll_s: float = DAY_POLL_S,
 ) -> list[date]:
@@ -129,10 +124,7 @@ def take_leases(
     taken: list[lease.LeaseKey] = []
 
     def take(key: lease.LeaseKey) -> None:
-        lease.acquire(
-            storage, lake, key, token=token, dag_id=dag_id, run_id=run_id,
-            holder_alive=holder_alive, grace_s=grace_s, ttl_s=ttl_s,
-        )  # fmt: skip
+        lease.acquire(storage, lake, key, run, terms)
         taken.append(key)
 
     take(lease.REFIT)
@@ -154,7 +146,7 @@ def take_leases(
                     print(f"Waiting for the run writing dt={dt.isoformat()}: {held}")
                     time.sleep(poll_s)
     except BaseException:
-        release_leases(storage, lake, token, taken)
+        release_leases(storage, lake, run.token, taken)
         raise
     return days
 

@@ -15,7 +15,7 @@ from airflow.sdk import Asset, get_current_context, task
 
 from fruits_pipeline import basis, lease, refit
 from fruits_pipeline.settings import PipelineSettings
-from fruits_pipeline.tasks import run_storage, wait_until_cluster_gone
+from fruits_pipeline.tasks import lease_terms, run_storage, wait_until_cluster_gone
 
 SETTINGS = PipelineSettings.from_env()
 PCA_BASIS = Asset(
@@ -59,11 +59,8 @@ def take_leases(window: dict[str, Any]) -> dict[str, Any]:
     settings = PipelineSettings.from_env()
     storage, backend = run_storage(settings), backend_for(settings)
     token = lease.new_run_token()
-    leased = refit.take_leases(
-        storage, settings.lake, token=token, dag_id=context["dag"].dag_id,
-        run_id=context["run_id"], holder_alive=backend.run_alive,
-        grace_s=settings.lease_grace_s, ttl_s=settings.lease_ttl_s,
-    )  # fmt: skip
+    this_run = lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
+    leased = refit.take_leases(storage, settings.lake, this_run, lease_terms(settings, backend))
     try:
         moved = refit.published_days(storage, settings.lake)
         fitted = _window(params, moved)
@@ -75,9 +72,7 @@ def take_leases(window: dict[str, Any]) -> dict[str, Any]:
             settings.lake, token, basis_id=new_basis, fit_days=fitted, moved_days=moved,
             variance=params.variance, k=params.k,
         )  # fmt: skip
-        plan = backend.plan_refit(
-            jobs, lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
-        )
+        plan = backend.plan_refit(jobs, this_run)
     except BaseException:
         refit.release_leases(storage, settings.lake, token, [lease.REFIT, *leased])
         raise

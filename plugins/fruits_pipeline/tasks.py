@@ -30,6 +30,11 @@ REDUCED_FEATURES = Asset(
 )
 
 
+def lease_terms(settings: PipelineSettings, backend) -> lease.LeaseTerms:
+    """The terms this deployment's runs take leases by: a holder lives while its cluster does."""
+    return lease.LeaseTerms(backend.run_alive, settings.lease_grace_s, settings.lease_ttl_s)
+
+
 def run_storage(settings: PipelineSettings):
     """The lake storage a task writes through (S3 with the run's encryption key, or local)."""
     region = kms_key_id = None
@@ -97,17 +102,8 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
     backend = backend_for(settings)
     dt = date.fromisoformat(run["partition"])
     token = lease.new_run_token()
-    held = lease.acquire(
-        storage,
-        settings.lake,
-        dt,
-        token=token,
-        dag_id=context["dag"].dag_id,
-        run_id=context["run_id"],
-        holder_alive=backend.run_alive,
-        grace_s=settings.lease_grace_s,
-        ttl_s=settings.lease_ttl_s,
-    )
+    this_run = lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
+    held = lease.acquire(storage, settings.lake, dt, this_run, lease_terms(settings, backend))
     print(f"Holding the lease of dt={dt.isoformat()}: {held.describe()}")
     try:
         lease.check_no_refit(storage, settings.lake, dt, backend.run_alive)
@@ -124,9 +120,7 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
             f"This run {'fits' if chosen.fit else 'applies'} basis {chosen.basis}"
             + ("" if chosen.fit else ": the form's variance and k are not used")
         )
-        plan = backend.plan(
-            dt, params, chosen, lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
-        )
+        plan = backend.plan(dt, params, chosen, this_run)
     except BaseException:
         lease.release(storage, settings.lake, dt, token)
         raise
