@@ -89,8 +89,14 @@ def load_dag(dag_file: Path | None = None):
     time), under a module name of its own; the modules in SETTINGS_MODULES are imported anew.
 
     Use it inside `settings_modules_restored()`, so later tests get the modules they had."""
+    import fruits_pipeline
+
     for name in SETTINGS_MODULES:
         sys.modules.pop(name, None)
+        # `from fruits_pipeline import tasks` takes the package's attribute when it has one.
+        attribute = name.rpartition(".")[2]
+        if hasattr(fruits_pipeline, attribute):
+            delattr(fruits_pipeline, attribute)
     name = f"fruits_features_under_test_{next(_modules)}"
     spec = importlib.util.spec_from_file_location(name, dag_file or DAG_FILE)
     assert spec is not None and spec.loader is not None
