@@ -258,6 +258,27 @@ def test_the_local_backend_uses_the_minio_lake(services):
     assert "AWS_ACCESS_KEY_ID" in environment and "AIRFLOW_CONN_AWS_DEFAULT" in environment
 
 
+def test_the_triggerer_sees_the_waits_settings_of_the_scheduler_and_dag_processor(services):
+    """The deferrable choice (and every FRUITS_* setting) is one environment for the services
+    that parse the DAG, run its tasks or run its triggers."""
+    from fruits_pipeline.settings import PipelineSettings
+
+    def fruits_settings(name: str) -> dict[str, str]:
+        environment = services[name]["environment"]
+        return {key: str(value) for key, value in environment.items() if key.startswith("FRUITS_")}
+
+    triggerer = fruits_settings("airflow-triggerer")
+    assert triggerer["FRUITS_DEFERRABLE_WAITS"] == "true"
+    for name in ("airflow-scheduler", "airflow-dag-processor"):
+        assert fruits_settings(name) == triggerer, name
+    assert services["airflow-triggerer"]["command"] == "triggerer"
+    # The triggerer imports the trigger classes from plugins/, as the other services do.
+    assert any(target == "/opt/airflow/project/plugins"
+               for _, _, target in _volume_mounts(services["airflow-triggerer"]))  # fmt: skip
+    settings = PipelineSettings.from_env({"FRUITS_DEFERRABLE_WAITS": "true"})
+    assert settings.deferrable_waits is True
+
+
 def test_spark_defaults_point_s3a_at_minio_without_keys():
     settings = {}
     for line in SPARK_DEFAULTS.read_text().splitlines():

@@ -115,6 +115,8 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         "error_ratio": pytest.approx(1 / 6),
     }
     assert pipeline.sensor_errors == {}
+    # Both sensors deferred: their triggers polled the steps until each completed.
+    assert sorted(set(pipeline.trigger_polls)) == sorted(step["Id"] for step in steps)
     assert pipeline.asset_events(run) == [
         (
             "fruits_reduced_features",

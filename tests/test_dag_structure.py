@@ -261,6 +261,10 @@ def test_a_scheduled_run_processes_the_previous_complete_day(tmp_path, daily_at)
             {"FRUITS_LOCAL_IDLE_TIMEOUT_S": "0"},
             "FRUITS_LOCAL_IDLE_TIMEOUT_S must be a positive number of seconds, got 0.0",
         ),
+        (
+            {"FRUITS_DEFERRABLE_WAITS": "yes"},
+            "FRUITS_DEFERRABLE_WAITS must be true or false, got 'yes'",
+        ),
     ],
 )
 def test_settings_reject_bad_values_with_a_clear_message(env, message):
@@ -275,6 +279,8 @@ def test_settings_defaults_and_values():
     assert default.daily_cron == "0 2 * * *"
     assert (default.max_active_runs, default.local_idle_timeout_s) == (2, 1800.0)
     assert default.lake.root == str(REPO / ".lake")
+    assert default.deferrable_waits is True
+    assert PipelineSettings.from_env({"FRUITS_DEFERRABLE_WAITS": "False"}).deferrable_waits is False
     custom = PipelineSettings.from_env(
         {
             "FRUITS_BACKEND": "emr",
@@ -332,3 +338,20 @@ def test_importing_the_dag_imports_neither_tensorflow_nor_pyspark(tmp_path, back
         f"\n[{backend}] import airflow.sdk: {result['airflow_s']:.2f} s; "
         f"then the DAG file: {result['dag_s']:.2f} s"
     )
+
+
+def test_step_sensors_wait_as_the_plan_says_deferred_on_emr(parsed):
+    """Each sensor renders its wait from prepare_run's `step_waits_s` (waits.py); on EMR it
+    defers to the triggerer (README, Waits), locally it pokes."""
+    backend, _, dag = parsed
+    for index, task_id in enumerate(("watch_featurize", "watch_pca")):
+        sensor = dag.get_task(task_id)
+        assert "wait_s" in sensor.template_fields
+        pulled = "ti.xcom_pull(task_ids='prepare_run', key='step_waits_s')"
+        assert sensor.wait_s == "{{ " + pulled + f"[{index}] " + "}}"
+        assert getattr(sensor, "deferrable", False) is (backend == "emr")
+
+
+def test_emr_sensors_poke_when_deferrable_waits_are_off(tmp_path):
+    _, dag = parse_dag(settings_env(tmp_path, "emr", FRUITS_DEFERRABLE_WAITS="false"))
+    assert [dag.get_task(t).deferrable for t in ("watch_featurize", "watch_pca")] == [False] * 2

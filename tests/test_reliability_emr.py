@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import botocore.client
 import pytest
 
 from fruits_pipeline import lease
+from tests.support.dag_harness import answer_cancel_steps
 from tests.support.emr_world import (
     FEATURIZE,
     IN_PROCESS_API_WARNING,
@@ -200,21 +200,7 @@ def test_killed_step_sensor_cancels_its_step_with_cancel_steps(pipeline, monkeyp
     )["StepIds"]
     moto_step = emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id].steps[0]
     moto_step.state = "RUNNING"
-    requests: list[tuple[str, str, dict]] = []
-    make_api_call = botocore.client.BaseClient._make_api_call
-
-    def cancel_steps_answered(client, operation, params):
-        if operation != "CancelSteps":
-            return make_api_call(client, operation, params)
-        requests.append((operation, client.meta.region_name, params))
-        moto_step.state = "CANCELLED"
-        return {
-            "CancelStepsInfoList": [
-                {"StepId": step_id, "Status": "SUBMITTED", "Reason": "cancelled by on_kill"}
-            ]
-        }
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", cancel_steps_answered)
+    requests = answer_cancel_steps(monkeypatch, moto_step, "cancelled by on_kill")
     sensor = CancellingEmrStepSensor(
         task_id="watch_featurize",
         job_flow_id=cluster_id,

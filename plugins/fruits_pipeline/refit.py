@@ -110,6 +110,14 @@ def published_days(storage: LakeStorage, lake: Lake) -> list[date]:
     return sorted(_days_in(storage, lake.days_of("reports"), SUCCESS))
 
 
+def published_rows(storage: LakeStorage, lake: Lake, days: list[date]) -> dict[date, int]:
+    """The rows of each published day, as its `_SUCCESS` marker counts them (the day's feature
+    rows: validation checked they are as many)."""
+    return {
+        dt: int(json.loads(storage.read_bytes(lake.success_marker(dt)))["reduced"]) for dt in days
+    }
+
+
 def take_leases(
     storage: LakeStorage,
     lake: Lake,

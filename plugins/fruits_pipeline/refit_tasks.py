@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
-from fruits_pipeline import basis, lease, refit
+from fruits_pipeline import basis, lease, refit, steps, waits
 from fruits_pipeline.settings import PipelineSettings
 from fruits_pipeline.tasks import lease_terms, run_storage, wait_until_cluster_gone
 
@@ -73,10 +73,17 @@ def take_leases(window: dict[str, Any]) -> dict[str, Any]:
             variance=params.variance, k=params.k,
         )  # fmt: skip
         plan = backend.plan_refit(jobs, this_run)
+        # How long each step's sensor waits: from the rows and days it reads (waits.py).
+        rows = refit.published_rows(storage, settings.lake, moved)
+        plan[steps.STEP_WAITS_KEY] = waits.refit_step_waits(
+            settings.backend, fit_rows=sum(rows[dt] for dt in fitted),
+            moved_rows=sum(rows.values()), moved_days=len(moved), max_wait_s=settings.lease_ttl_s,
+        )  # fmt: skip
     except BaseException:
         refit.release_leases(storage, settings.lake, token, [lease.REFIT, *leased])
         raise
     print(f"Refit {new_basis}: fit on {len(fitted)} days, {len(moved)} days to move")
+    print(f"Step waits (s), fit and reprojection: {plan[steps.STEP_WAITS_KEY]}")
     return {
         **plan,
         "token": token,

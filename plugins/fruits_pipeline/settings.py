@@ -17,6 +17,7 @@ deployment. EMR-specific ones (`FRUITS_EMR_*`) are read by `emr_config.EmrSettin
 | FRUITS_LEASE_GRACE_S | a day's lease whose run has no live cluster after this long is free | 900 |
 | FRUITS_LEASE_TTL_S | a lease expires this long after it was taken, whatever its run | 43200 |
 | FRUITS_REFIT_SCHEDULE | cron (UTC) of `fruits_pca_basis`, or `off` | 0 6 * * 0 (Sundays 06:00) |
+| FRUITS_DEFERRABLE_WAITS | EMR step sensors wait in the triggerer, or (`false`) a worker | true |
 
 Default weights: ../shared's ImageNet weights file when it is beside the repository, else
 `imagenet` (Keras downloads them; on EMR nodes with internet access).
@@ -64,6 +65,9 @@ class PipelineSettings:
     lease_grace_s: float
     lease_ttl_s: float
     refit_schedule: str | None  # None: manual runs only
+    # EMR step sensors defer to the triggerer (waits.py, backends/emr/sensor.py); off for a
+    # deployment without a triggerer. The local backend's sensors never defer (README, Waits).
+    deferrable_waits: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
@@ -91,6 +95,9 @@ class PipelineSettings:
                 "FRUITS_REFIT_SCHEDULE must be a cron expression of 5 fields (UTC) or 'off', "
                 f"got {refit_schedule!r}"
             )
+        deferrable = env.get("FRUITS_DEFERRABLE_WAITS", "true").strip().lower()
+        if deferrable not in ("true", "false"):
+            raise ValueError(f"FRUITS_DEFERRABLE_WAITS must be true or false, got {deferrable!r}")
         return cls(
             backend=backend,
             lake=Lake(env.get("FRUITS_LAKE_ROOT", str(REPO_ROOT / ".lake"))),
@@ -103,6 +110,7 @@ class PipelineSettings:
             lease_grace_s=lease_grace_s,
             lease_ttl_s=lease_ttl_s,
             refit_schedule=None if refit_schedule == "off" else refit_schedule,
+            deferrable_waits=deferrable == "true",
         )
 
     @property

@@ -19,6 +19,11 @@ REPROJECT_SCRIPT = "reproject.py"
 BASIS_WAIT_S = 3600
 # The id of step `index`, as the add-steps task returned it, for that step's sensor.
 STEP_IDS = "{{{{ ti.xcom_pull(task_ids='add_steps')[{index}] }}}}"
+# The seconds step `index`'s sensor waits (waits.py), as the task that planned the run computed
+# them from the run's data, under the plan's key STEP_WAITS_KEY. A template, not an XComArg: the
+# sensors need no edge from the planning task.
+STEP_WAITS_KEY = "step_waits_s"
+STEP_WAITS = "{{{{ ti.xcom_pull(task_ids='{planner}', key='" + STEP_WAITS_KEY + "')[{index}] }}}}"
 
 
 def featurize_args(lake: Lake, dt: date, weights: str, run: str) -> list[str]:

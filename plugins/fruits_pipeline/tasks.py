@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import Asset, get_current_context, task
 
-from fruits_pipeline import basis, lease, validation
+from fruits_pipeline import basis, lease, steps, validation, waits
 from fruits_pipeline.lake_io import lake_storage
 from fruits_pipeline.params import RunParams, partition_date_from_context, validate_params
 from fruits_pipeline.settings import PipelineSettings
@@ -121,9 +121,14 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
             + ("" if chosen.fit else ": the form's variance and k are not used")
         )
         plan = backend.plan(dt, params, chosen, this_run)
+        # How long each step's sensor waits: from the day's image count (waits.py).
+        plan[steps.STEP_WAITS_KEY] = waits.daily_step_waits(
+            settings.backend, run["images_found"], fit=chosen.fit, max_wait_s=settings.lease_ttl_s
+        )
     except BaseException:
         lease.release(storage, settings.lake, dt, token)
         raise
+    print(f"Step waits (s), featurize and PCA: {plan[steps.STEP_WAITS_KEY]}")
     return {**plan, "token": token, "basis": chosen.basis}
 
 

@@ -391,3 +391,26 @@ def step_status_with_failure_details(original: property) -> property:
         return result
 
     return property(status)
+
+
+def answer_cancel_steps(monkeypatch, moto_step, reason: str) -> list[tuple[str, str, dict]]:
+    """moto has no CancelSteps: answer it at the botocore boundary as EMR does, cancelling
+    `moto_step`. Returns the CancelSteps requests made, as (operation, region, parameters)."""
+    import botocore.client
+
+    requests: list[tuple[str, str, dict]] = []
+    make_api_call = botocore.client.BaseClient._make_api_call
+
+    def cancel_steps_answered(client, operation, params):
+        if operation != "CancelSteps":
+            return make_api_call(client, operation, params)
+        requests.append((operation, client.meta.region_name, params))
+        moto_step.state = "CANCELLED"
+        return {
+            "CancelStepsInfoList": [
+                {"StepId": moto_step.id, "Status": "SUBMITTED", "Reason": reason}
+            ]
+        }
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", cancel_steps_answered)
+    return requests

@@ -73,6 +73,8 @@ class Pipeline:
     run_job_flow_calls: list[dict[str, Any]]
     sensor_errors: dict[str, str]
     runs: Iterator[int] = field(default_factory=lambda: iter(range(1, 100)))
+    # The step id of each poll a deferred sensor's trigger made (the sensors wait deferred).
+    trigger_polls: list[str] = field(default_factory=list)
 
     def put_uploads(self, uploads: list[tuple[str, str]]) -> None:
         for label, name in uploads:
@@ -141,11 +143,13 @@ class Pipeline:
 @contextmanager
 def emr_pipeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     """The world of one test (run it with the `airflow_db` fixture set up): fake credentials,
-    the EMR backend's settings, moto serving S3 and EMR, each sensor poke advancing the cluster."""
+    the EMR backend's settings, moto serving S3 and EMR, each sensor poke and each poll of a
+    deferred sensor's trigger advancing the cluster."""
     from airflow.providers.amazon.aws.hooks.emr import EmrHook
     from moto.emr.models import Step, emr_backends
 
     from fruits_pipeline.backends.emr.sensor import CancellingEmrStepSensor
+    from fruits_pipeline.backends.emr.triggers import WaiterInThread
 
     # Fake credentials, and no setting of the environment running the tests leaks in.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -194,7 +198,16 @@ def emr_pipeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
                 raise
 
         monkeypatch.setattr(CancellingEmrStepSensor, "poke", advancing_poke)
-        yield Pipeline(s3, storage, emr, run_job_flow_calls, sensor_errors)
+        pipeline = Pipeline(s3, storage, emr, run_job_flow_calls, sensor_errors)
+        wait = WaiterInThread.wait
+
+        async def advancing_wait(waiter, **kwargs):
+            pipeline.trigger_polls.append(kwargs["StepId"])
+            emr.advance(kwargs["ClusterId"])
+            return await wait(waiter, **kwargs)
+
+        monkeypatch.setattr(WaiterInThread, "wait", advancing_wait)
+        yield pipeline
 
 
 def featurize_job(pipeline: Pipeline) -> Callable[[str], tuple[str, None]]:

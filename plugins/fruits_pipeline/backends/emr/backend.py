@@ -113,14 +113,16 @@ class EmrBackend(ClusterBackend):
             task_id="add_steps", job_flow_id=cluster_id, steps=step_list, **self._aws()
         )
 
-    def watch_step(self, task_id: str, cluster_id, index: int):
+    def watch_step(self, task_id: str, cluster_id, index: int, wait_s):
         from fruits_pipeline.backends.emr.sensor import CancellingEmrStepSensor
 
         return CancellingEmrStepSensor(
             task_id=task_id,
             job_flow_id=cluster_id,
             step_id=steps.STEP_IDS.format(index=index),
+            wait_s=wait_s,
             poke_interval=30,
+            deferrable=self.settings.deferrable_waits,
             **self._aws(),
         )
 

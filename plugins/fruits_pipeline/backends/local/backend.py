@@ -92,7 +92,7 @@ class LocalBackend(ClusterBackend):
             steps=step_list,
         )
 
-    def watch_step(self, task_id: str, cluster_id, index: int):
+    def watch_step(self, task_id: str, cluster_id, index: int, wait_s):
         from fruits_pipeline.backends.local.operators import LocalStepSensor
 
         return LocalStepSensor(
@@ -100,6 +100,7 @@ class LocalBackend(ClusterBackend):
             state_dir=self.settings.local_state_dir,
             job_flow_id=cluster_id,
             step_id=steps.STEP_IDS.format(index=index),
+            wait_s=wait_s,
         )
 
     def terminate_cluster(self, cluster_id):

@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
+from fruits_pipeline import waits
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.backends.local import runner as local_runner
 
@@ -53,16 +54,34 @@ class LocalAddStepsOperator(BaseOperator):
 
 
 class LocalStepSensor(BaseSensorOperator):
-    """Wait for a step; a failed or cancelled step fails the task with its reason and log."""
+    """Wait for a step, for at most `wait_s` seconds (templated: the run's plan says how long,
+    waits.py); a failed or cancelled step fails the task with its reason and log.
 
-    template_fields: Sequence[str] = ("job_flow_id", "step_id")
+    It pokes in its worker and does not defer: the step's state includes whether the cluster's
+    step runner is alive, which only the host running the cluster can see (README, Waits)."""
 
-    def __init__(self, *, state_dir: str, job_flow_id: Any, step_id: Any, **kwargs):
+    template_fields: Sequence[str] = ("job_flow_id", "step_id", "wait_s")
+
+    def __init__(
+        self,
+        *,
+        state_dir: str,
+        job_flow_id: Any,
+        step_id: Any,
+        wait_s: Any = waits.MIN_WAIT_S,
+        **kwargs,
+    ):
         kwargs.setdefault("poke_interval", 5)
         super().__init__(**kwargs)
         self.state_dir = state_dir
         self.job_flow_id = job_flow_id
         self.step_id = step_id
+        self.wait_s = wait_s
+
+    def execute(self, context) -> Any:
+        self.timeout = float(self.wait_s)
+        self.log.info("Waiting at most %.0f s for step %s", self.timeout, self.step_id)
+        return super().execute(context)
 
     def poke(self, context) -> bool:
         step = local_runner.describe_step(self.state_dir, self.job_flow_id, self.step_id)
