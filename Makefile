@@ -27,14 +27,18 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-jobs.txt constraint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The running-Airflow tests drive Debian's Chromium (installed here when missing, with apt-get).
-test: $(STAMP) browser
+# The running-Airflow tests drive Debian's Chromium and run on Debian's PostgreSQL 15 (both
+# installed here when missing, with apt-get).
+test: $(STAMP) browser postgres
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-.PHONY: browser
+.PHONY: browser postgres
 browser:
 	bash scripts/install-chromium.sh
+
+postgres:
+	bash scripts/install-postgresql.sh
 
 # The quick part of the suite: no Spark, no Airflow run.
 test-fast: $(STAMP)
@@ -92,19 +96,21 @@ bench-batch: $(STAMP)
 clean:
 	rm -rf .lake .demo build .pytest_cache .ruff_cache
 
-# Airflow 3 on 127.0.0.1 (api-server, scheduler, dag-processor, triggerer; SQLite) with the DAG,
-# the local backend and the lake LAKE (.lake/); its state (database, logs, password, clusters)
-# in .airflow/. Prints the UI address and the admin password. `make airflow-stop` stops it all.
+# Airflow 3 on 127.0.0.1 (api-server, scheduler, dag-processor, triggerer; PostgreSQL 15) with
+# the DAG, the local backend and the lake LAKE (.lake/); its state (database, logs, passwords,
+# clusters, the environment file env) in .airflow/. Prints the UI address and the admin
+# password. `make airflow-stop` stops it all, PostgreSQL last.
 .PHONY: airflow airflow-stop airflow-cli
 PORT ?= 8080
-airflow: $(STAMP)
+airflow: $(STAMP) postgres
 	$(PY) -m devtools.stack start --home .airflow --port $(PORT) \
 		--lake "$(or $(LAKE),.lake)" $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 airflow-stop:
 	if [ -x $(PY) ]; then $(PY) -m devtools.stack stop --home .airflow; fi
 
-# The airflow CLI on that stack, e.g. ARGS="backfill create --dag-id fruits_features ...".
+# The plain airflow CLI on that stack, e.g. ARGS="dags list"; the same as
+# `source .airflow/env; airflow dags list`.
 ARGS ?= --help
 airflow-cli: $(STAMP)
 	$(PY) -m devtools.stack airflow --home .airflow $(ARGS)

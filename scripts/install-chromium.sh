@@ -8,14 +8,5 @@ if [ -x "$CHROMIUM" ]; then
     echo "chromium already installed: $("$CHROMIUM" --version 2>/dev/null)"
     exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-    echo "no apt-get here: install Chromium so that $CHROMIUM exists" >&2
-    exit 1
-fi
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=(sudo)
-fi
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+bash "$(dirname "$0")/apt-get-install.sh" chromium
 echo "installed: $("$CHROMIUM" --version 2>/dev/null)"

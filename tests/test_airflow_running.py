@@ -1,20 +1,22 @@
 """Airflow 3 running as its users run it (`make airflow`), operated through its UI, CLI and API.
 
 One stack for the module (`devtools.stack`: api-server, scheduler, dag-processor
-and triggerer on 127.0.0.1, SQLite, LocalExecutor) on a free port, with a temporary
-AIRFLOW_HOME, lake and cluster state directory, random weights and FRUITS_MAX_ACTIVE_RUNS=1.
-The tests run in file order:
+and triggerer on 127.0.0.1, PostgreSQL 15 on 127.0.0.1, LocalExecutor) on a free port, with a
+temporary AIRFLOW_HOME, lake and cluster state directory, random weights and
+FRUITS_MAX_ACTIVE_RUNS=1. The `airflow` CLI runs as `make airflow` tells its users: plain, in a
+shell that sourced `<home>/env`. The tests run in file order:
 
 - a: in headless Chromium, log in, open `fruits_features`, trigger it through the form with a
   partition_date and variance 0.8; the run succeeds and publishes that partition with 0.8;
-- b: `airflow backfill create` (through `devtools.stack airflow`, as `make airflow` tells its
-  users) over three days, the middle one without uploads: the first and last are published,
-  the middle one skips without a cluster, no more clusters are alive at once than
-  max_active_runs; a second backfill, of the last two days, reprocessing completed runs gives
-  identical reduced data;
+- b: `airflow backfill create` without `--max-active-runs` over three days, the middle one
+  without uploads: the first and last are published, the middle one skips without a cluster,
+  no more clusters are alive at once than the DAG's max_active_runs; a second backfill, of the
+  last two days, reprocessing completed runs gives identical reduced data; then two backfills
+  (both DAGs) and a manual trigger started at once while the scheduler runs: all created,
+  no "database is locked", the scheduler still healthy;
 - c: the scheduler's daily run processes the previous complete day, and its next run the day
   after;
-- d: stopping the stack leaves no process of it, nor of its clusters.
+- d: stopping the stack leaves no process of it, nor of its clusters, nor of its PostgreSQL.
 
 Screenshots of the filled form and of the finished run go to `test-artifacts/`.
 """
@@ -22,7 +24,9 @@ Screenshots of the filled form and of the finished run go to `test-artifacts/`.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,14 +39,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from devtools.samples import make_synthetic_fruits
-from devtools.stack import cli, client, components
+from devtools.stack import client, components, postgres
 from devtools.stack import config as stack_config
 from fruits_pipeline import basis, procs
 from fruits_pipeline.backends.local import cluster as local_cluster
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import LocalLakeStorage
 from tests.support.dag_harness import cluster_ids
-from tests.support.processes import live_processes
+from tests.support.processes import is_gone, live_processes
 from tests.support.states import ALL_TASKS, SKIPPED_RUN, expected_states
 
 pytestmark = pytest.mark.slow
@@ -59,6 +63,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DAG_ID = "fruits_features"
+REFIT_DAG_ID = "fruits_pca_basis"
 # One run at a time: a backfill of two days with uploads, which Airflow would otherwise run side
 # by side (a backfill's own default limit is 10), shows the limit holding.
 MAX_ACTIVE_RUNS = 1
@@ -83,16 +88,20 @@ class Running:
 
     @property
     def env(self) -> dict[str, str]:
-        return stack_config.airflow_env(self.config)
+        return stack_config.airflow_env(self.stack.config)
 
     def api(self, path: str, **kwargs) -> Any:
         return client.api(self.stack, path, token=self.token, **kwargs)
 
+    def airflow_command(self, *args: str) -> list[str]:
+        """The plain `airflow` CLI in a shell that sourced the stack's `<home>/env`, as the
+        banner of `make airflow` tells its users (run it with this process's environment)."""
+        env_file = self.stack.home / stack_config.ENV_FILE
+        return ["bash", "-c", 'source "$0" && exec airflow "$@"', str(env_file), *args]
+
     def airflow(self, *args: str) -> subprocess.CompletedProcess:
-        """The `airflow` CLI on this stack, as `devtools.stack airflow ...` runs it for a user."""
         return subprocess.run(
-            cli.airflow_cli(*args, env=self.env),
-            env=self.env,
+            self.airflow_command(*args),
             capture_output=True,
             text=True,
             timeout=300,
@@ -195,15 +204,21 @@ def explain(running: Running, run_ids: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory) -> Iterator[Running]:
-    """The stack, with uploads for D_UI, D1 and D3 and an empty upload folder for D2."""
+    """The stack, with uploads for D_UI, D1 and D3 and an empty upload folder for D2.
+
+    Its home is in a temporary folder of its own that others may cross: run by root, the
+    stack's PostgreSQL runs as the `postgres` user, which cannot enter pytest's tmp_path.
+    """
     tmp = tmp_path_factory.mktemp("airflow-running")
+    home_parent = Path(tempfile.mkdtemp(prefix="fruits-airflow-running-"))
+    home_parent.chmod(0o711)
     lake = Lake(str(tmp / "lake"))
     for seed, dt in enumerate((D_UI, D1, D3)):
         counts = make_synthetic_fruits(Path(lake.raw(dt)), n_classes=2, per_class=3, seed=seed)
         assert sum(counts.values()) == IMAGES
     Path(lake.raw(D2)).mkdir(parents=True)
     config = stack_config.StackConfig(
-        home=tmp / "airflow-home",
+        home=home_parent / "airflow-home",
         lake=Path(lake.root),
         port=procs.free_port(),
         state_dir=tmp / "clusters",
@@ -211,6 +226,8 @@ def running(tmp_path_factory) -> Iterator[Running]:
         env={
             "FRUITS_MAX_ACTIVE_RUNS": str(MAX_ACTIVE_RUNS),
             "FRUITS_DAILY_AT": f"{DAILY_AT[0]:02d}:{DAILY_AT[1]:02d}",
+            # The refit DAG's default: weekly, hence a DAG that can be backfilled.
+            "FRUITS_REFIT_SCHEDULE": "0 6 * * 0",
             # A safety net: a cluster nobody terminates stops by itself.
             "FRUITS_LOCAL_IDLE_TIMEOUT_S": "600",
         },
@@ -220,7 +237,10 @@ def running(tmp_path_factory) -> Iterator[Running]:
         yield Running(config, stack, lake, client.api_token(stack))
     finally:
         # Whatever failed: nothing of the stack, nor of its clusters, keeps running.
-        components.stop(config.home)
+        try:
+            components.stop(config.home)
+        finally:
+            shutil.rmtree(home_parent, ignore_errors=True)
 
 
 def test_a_a_run_triggered_from_the_ui_form_publishes_its_partition(running):
@@ -331,7 +351,8 @@ def backfill(
     assert created.returncode == 0, (created.stdout + created.stderr)[-6000:]
     backfills = running.api(f"/backfills?dag_id={DAG_ID}")["backfills"]
     backfill_id = max(b["id"] for b in backfills)
-    # Not Airflow's default of 10: the DAG's limit, which `devtools.stack airflow` supplies.
+    # Not Airflow's default of 10: the DAG's limit, which the stack's local settings give a
+    # backfill created without one.
     assert running.api(f"/backfills/{backfill_id}")["max_active_runs"] == MAX_ACTIVE_RUNS
     peak = 0
 
@@ -443,6 +464,97 @@ def test_b_reprocessing_completed_runs_gives_identical_reduced_data(running, bac
     assert not (Path(lake.root) / "reports" / f"dt={D2}").exists()
 
 
+# Days without uploads (their runs skip without a cluster) for the commands started at once.
+E1, E2, E_TRIGGER = date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 5)
+# Two Sundays of the refit DAG's weekly schedule, at or after its start_date.
+REFIT_FROM, REFIT_TO = date(2026, 1, 4), date(2026, 1, 11)
+
+
+def test_b_backfills_and_a_trigger_at_once_through_the_plain_cli(running, backfilled):
+    """Two backfills (one per DAG: Airflow allows one running backfill per DAG) and a manual
+    trigger, three plain `airflow` processes started together while the scheduler schedules:
+    on PostgreSQL every one succeeds, none meets "database is locked", the scheduler stays
+    up, and the runs are there. The refit DAG stays paused (unpausing it would schedule a
+    refit of the last days): its backfill's runs wait, queued, and the backfill is cancelled.
+    """
+    running.unpause()
+    run_id = "cli_at_once"
+    conf = {"partition_date": E_TRIGGER.isoformat()}
+    refit_conf = {"from_date": "2025-01-01", "to_date": "2025-01-02"}  # no published day
+    commands = {
+        "backfill": [
+            "backfill", "create", "--dag-id", DAG_ID,
+            "--from-date", day_bounds(E1)[0], "--to-date", day_bounds(E2)[1],
+        ],
+        "refit backfill": [
+            "backfill", "create", "--dag-id", REFIT_DAG_ID, "--dag-run-conf",
+            json.dumps(refit_conf), "--from-date", day_bounds(REFIT_FROM)[0],
+            "--to-date", day_bounds(REFIT_TO)[1],
+        ],
+        "trigger": ["dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", json.dumps(conf)],
+    }  # fmt: skip
+    started = {
+        name: subprocess.Popen(
+            running.airflow_command(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, args in commands.items()
+    }
+    outputs, codes = {}, {}
+    for name, proc in started.items():
+        outputs[name] = proc.communicate(timeout=300)[0]
+        codes[name] = proc.returncode
+    report = "\n".join(
+        f"--- {name} ({codes[name]}):\n{out[-3000:]}"
+        for name, out in outputs.items()
+    )
+    assert codes == dict.fromkeys(commands, 0), report
+    assert not [name for name, out in outputs.items() if "database is locked" in out], report
+
+    # The scheduler and the other components are still up, and say so.
+    assert client.dead_components(running.stack) == []
+    assert client.health(running.stack) == dict.fromkeys(client.HEALTH_KEYS, "healthy")
+
+    backfills = running.api(f"/backfills?dag_id={DAG_ID}")["backfills"]
+    refits = running.api(f"/backfills?dag_id={REFIT_DAG_ID}")["backfills"]
+    assert len(refits) == 1, refits
+    features, refit = max(backfills, key=lambda b: b["id"]), refits[0]
+    assert features["from_date"][:10] == E1.isoformat(), features
+    # Neither names a limit: each gets its DAG's (fruits_pca_basis: 1).
+    assert (features["max_active_runs"], refit["max_active_runs"]) == (MAX_ACTIVE_RUNS, 1)
+
+    refit_runs = running.api(f"/dags/{REFIT_DAG_ID}/dagRuns?run_type=backfill")["dag_runs"]
+    assert sorted(run["logical_date"][:10] for run in refit_runs) == [
+        REFIT_FROM.isoformat(),
+        REFIT_TO.isoformat(),
+    ]
+    assert {run["state"] for run in refit_runs} == {"queued"}
+    assert all(run["conf"] == refit_conf for run in refit_runs)
+    cancelled = running.api(f"/backfills/{refit['id']}/cancel", method="PUT")
+    assert cancelled["completed_at"]
+
+    # The runs of fruits_features run to the end (days without uploads: they skip).
+    wait_for(
+        running,
+        f"backfill {features['id']}",
+        lambda: running.api(f"/backfills/{features['id']}")["completed_at"],
+    )
+    triggered = wait_for(running, f"run {run_id}", lambda: finished_run(running, run_id))
+    assert (triggered["run_type"], triggered["conf"]) == ("manual", conf)
+    days = {interval_start(E1), interval_start(E2)}
+    backfilled_runs = [
+        run for run in running.runs(run_type="backfill").values() if run["logical_date"] in days
+    ]
+    assert len(backfilled_runs) == 2, backfilled_runs
+    for run in [*backfilled_runs, triggered]:
+        assert run["state"] == "success", explain(running, [run["dag_run_id"]])
+        assert running.task_states(run["dag_run_id"]) == SKIPPED_RUN
+    assert client.dead_components(running.stack) == []
+
+
 def test_c_the_daily_run_processes_the_previous_complete_day(running):
     running.unpause()
     scheduled = wait_for(
@@ -479,11 +591,20 @@ def test_c_the_daily_run_processes_the_previous_complete_day(running):
 
 def test_d_stopping_leaves_no_process(running):
     home, state_dir = Path(running.config.home).resolve(), running.state_dir
+    server = postgres.postmaster(home)
+    assert server is not None and server.pid == running.stack.postgres["pid"]
+    # The server, its background processes and the backends of Airflow's connections.
+    database = [server, *server.children(recursive=True)]
+    assert len(database) > 3
     stopped = components.stop(home)
     print(f"\nstopped: {stopped}")
     assert f"process group {running.stack.pgid}" in stopped
+    assert stopped[-1] == "postgres"  # last, after Airflow
     assert components.leftover_processes(home) == []
     assert processes_naming(home, state_dir) == []
+    assert [proc.pid for proc in database if not is_gone(proc.pid)] == []
+    assert postgres.postmaster(home) is None
+    assert not (home / stack_config.ENV_FILE).exists()
     for cluster_id in cluster_ids(state_dir):
         assert local_cluster.cluster_processes_alive(state_dir, cluster_id) == []
         assert local_cluster.describe_cluster(state_dir, cluster_id)["state"] == "TERMINATED"

@@ -55,8 +55,11 @@ def health(stack: Stack) -> dict[str, str] | None:
 
 
 def dead_components(stack: Stack) -> list[str]:
-    """The components of the stack that are no longer running."""
-    return [name for name, record in stack.processes.items() if live_process(record) is None]
+    """The components of the stack (its PostgreSQL included) that are no longer running."""
+    dead = [name for name, record in stack.processes.items() if live_process(record) is None]
+    if stack.postgres is not None and live_process(stack.postgres) is None:
+        dead.append("postgres")
+    return dead
 
 
 def wait_ready(stack: Stack, *, timeout_s: float = 300) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 import psutil
 
+from devtools.stack import postgres
 from devtools.stack.client import wait_ready
 from devtools.stack.config import (
+    ENV_FILE,
     STACK_ENV,
     STACK_FILE,
     USER,
@@ -24,6 +26,7 @@ from devtools.stack.config import (
     airflow_env,
     ensure_password,
     read_stack,
+    write_env_file,
     write_stack,
 )
 from fruits_pipeline.procs import (
@@ -61,36 +64,28 @@ def _port_taken(port: int) -> bool:
 
 
 def start(config: StackConfig, *, timeout_s: float = 300) -> Stack:
-    """Migrate the database, start the components and wait until they serve the DAG.
+    """Start the home's PostgreSQL, migrate its database, start the components, write the
+    environment file `<home>/env` and wait until they serve the DAG.
 
-    Refuses to start a second stack on a home whose stack still runs. On any failure, stops
-    what it started and raises with the end of every component's log.
+    Refuses to start a second stack on a home whose stack (or its database) still runs. On any
+    failure, stops what it started and raises with the end of every component's log.
     """
     home = Path(config.home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     running = read_stack(home)
-    if running and any(live_process(r) for r in running.processes.values()):
+    if running and (
+        any(live_process(r) for r in running.processes.values())
+        or live_process(running.postgres)
+    ):
         raise RuntimeError(f"Airflow already runs from {home} at {running.url}; stop it first")
+    if postgres.postmaster(home) is not None:
+        raise RuntimeError(f"the PostgreSQL of {home} still runs: stop the stack first")
     if _port_taken(config.port):
         raise RuntimeError(f"port {config.port} of {HOST} is taken: choose another one")
     log_dir = home / "logs"
     log_dir.mkdir(exist_ok=True)
     password = ensure_password(home)
-    env = airflow_env(config)
     airflow = str(Path(sys.executable).with_name("airflow"))
-    with open(log_dir / "db-migrate.log", "ab") as log:
-        migrated = subprocess.run(
-            [airflow, "db", "migrate"],
-            env=env,
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-            timeout=600,
-        )
-    if migrated.returncode != 0:
-        raise RuntimeError(f"`airflow db migrate` failed:\n{log_tails(log_dir, _LOG_LINES)}")
     processes: dict[str, dict[str, Any]] = {}
     pgid = 0
     stack = Stack(
@@ -105,6 +100,25 @@ def start(config: StackConfig, *, timeout_s: float = 300) -> Stack:
         config=config,
     )
     try:
+        # The database first, recorded at once: whatever fails next, `stop` finds it.
+        server = postgres.start_server(home)
+        config = dataclasses.replace(config, db_port=server["port"])
+        stack = dataclasses.replace(stack, config=config, postgres=server)
+        write_stack(stack)
+        env = airflow_env(config)
+        with open(log_dir / "db-migrate.log", "ab") as log:
+            migrated = subprocess.run(
+                [airflow, "db", "migrate"],
+                env=env,
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=600,
+            )
+        if migrated.returncode != 0:
+            raise RuntimeError("`airflow db migrate` failed")
         for name, args in COMPONENTS.items():
             with open(log_dir / f"{name}.log", "ab") as log:
                 proc = subprocess.Popen(
@@ -120,6 +134,7 @@ def start(config: StackConfig, *, timeout_s: float = 300) -> Stack:
             processes[name] = process_record(proc.pid)
             stack = dataclasses.replace(stack, pgid=pgid, processes=processes)
             write_stack(stack)
+        write_env_file(config)
         wait_ready(stack, timeout_s=timeout_s)
     except BaseException as exc:
         tails = log_tails(log_dir, _LOG_LINES)
@@ -177,8 +192,8 @@ def stop(home: Path, *, grace_s: float = 30) -> list[str]:
 
     SIGTERM to the recorded process group (only while a recorded component still leads or
     belongs to it: a stale file never signals a reused group id), then SIGKILL after grace_s;
-    then the local clusters not terminated; then any process still marked with the home.
-    Raises when one survives.
+    then the local clusters not terminated; then any process still marked with the home; last
+    the home's PostgreSQL (recorded or found on its cluster). Raises when one survives.
     """
     home = Path(home).resolve()
     stack = read_stack(home)
@@ -199,9 +214,13 @@ def stop(home: Path, *, grace_s: float = 30) -> list[str]:
     if leftovers:
         report += [f"pid {p.pid}" for p in leftovers]
         report += _terminate(leftovers, 10)
+    # The database last: nothing of the stack uses it any more.
+    if postgres.stop_server(home, stack.postgres if stack else None):
+        report.append("postgres")
     survivors = leftover_processes(home)
     if survivors:
         raise RuntimeError(f"processes of {home} survive: {[p.pid for p in survivors]}")
+    (home / ENV_FILE).unlink(missing_ok=True)
     (home / STACK_FILE).unlink(missing_ok=True)
     return report
 

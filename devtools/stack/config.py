@@ -1,5 +1,5 @@
 """What a stack runs with: its configuration, the environment of its components and the files
-it keeps in its home (the stack record, the admin password)."""
+it keeps in its home (the stack record, the admin password, the environment file)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,26 @@ import dataclasses
 import json
 import os
 import secrets
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from devtools.airflow_env import base_env
+from devtools.airflow_env import REPO_PYTHONPATH, base_env
+from devtools.stack.postgres import database_url
 from fruits_pipeline.procs import HOST, read_json, write_json
 
-__all__ = ["Stack", "StackConfig", "airflow_env", "ensure_password", "read_stack", "write_stack"]
+__all__ = [
+    "Stack",
+    "StackConfig",
+    "airflow_env",
+    "ensure_password",
+    "read_stack",
+    "stack_variables",
+    "write_env_file",
+    "write_stack",
+]
 
 DAG_ID = "fruits_features"
 USER = "admin"
@@ -28,6 +39,14 @@ SIMPLE_AUTH_MANAGER = (
 # Every process the stack starts, and their descendants, carry STACK_ENV=<home>: stop finds
 # them all by it, even those that left the process group (the Spark clusters do).
 STACK_ENV = "FRUITS_AIRFLOW_STACK"
+# `source <home>/env` sets the stack's environment in a shell, for the plain `airflow` CLI.
+ENV_FILE = "env"
+# Holds airflow_local_settings.py, which every component and CLI command of the stack imports:
+# a backfill created without a run limit gets its DAG's (see that module).
+LOCAL_SETTINGS_DIR = Path(__file__).resolve().parent / "local_settings"
+# Set for every process the stack starts but not written to the environment file: it would
+# mark the user's own commands as the stack's, for `stop` to end.
+_NOT_IN_ENV_FILE = {STACK_ENV}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +59,7 @@ class StackConfig:
     state_dir: Path | None = None  # default: <home>/clusters
     weights: str | None = None  # default: the settings' default (FRUITS_WEIGHTS or ImageNet)
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    db_port: int | None = None  # PostgreSQL's port on 127.0.0.1: chosen free by `start`
 
     @property
     def cluster_state_dir(self) -> Path:
@@ -59,6 +79,7 @@ class Stack:
     pgid: int
     processes: dict[str, dict[str, Any]]
     config: StackConfig
+    postgres: dict[str, Any] | None = None  # the server's record: pid, create_time, port, ...
 
     @property
     def log_dir(self) -> Path:
@@ -70,18 +91,23 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
 
     The caller's FRUITS_* settings pass through; its AIRFLOW_* variables do not (they would
     point at another Airflow): further Airflow options go in `<home>/airflow.cfg` or
-    `config.env`.
+    `config.env`. The metadata database is the stack's PostgreSQL on `config.db_port`, with
+    the password kept in the home (`start` chooses the port and writes the password).
     """
-    home = Path(config.home).resolve()
-    bin_dir = str(Path(sys.executable).parent)
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    return inherited | stack_variables(config)
+
+
+def stack_variables(config: StackConfig) -> dict[str, str]:
+    """What the stack sets in its components' environment, over the caller's."""
+    home = Path(config.home).resolve()
+    if config.db_port is None:
+        raise ValueError("no database port: the stack's environment exists once it started")
+    bin_dir = str(Path(sys.executable).parent)
     env = {
-        **inherited,
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        # SQLite in the home, its lock timeout left at the default: with a longer one, a trigger
-        # from the UI waited that long (its audit-log row, written by a second session of the
-        # request, waited for the run's transaction until the timeout).
-        **base_env(home),
+        **base_env(home, database_url(home, config.db_port)),
+        "PYTHONPATH": os.pathsep.join([REPO_PYTHONPATH, str(LOCAL_SETTINGS_DIR)]),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # LocalExecutor forks this many workers up front; a few runs need far fewer.
         "AIRFLOW__CORE__PARALLELISM": "8",
@@ -94,6 +120,7 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(config.port),
         "AIRFLOW__API__BASE_URL": f"http://{HOST}:{config.port}",
         STACK_ENV: str(home),
+        **{k: v for k, v in os.environ.items() if k.startswith("FRUITS_")},
         "FRUITS_BACKEND": "local",
         "FRUITS_LAKE_ROOT": str(Path(config.lake).resolve()),
         "FRUITS_LOCAL_STATE_DIR": str(config.cluster_state_dir.resolve()),
@@ -142,7 +169,9 @@ def read_stack(home: Path) -> Stack | None:
             state_dir=Path(data["state_dir"]),
             weights=data["weights"],
             env=data["env"],
+            db_port=(data.get("postgres") or {}).get("port"),
         ),
+        postgres=data.get("postgres"),
     )
 
 
@@ -159,5 +188,39 @@ def write_stack(stack: Stack) -> None:
         "port": stack.config.port,
         "weights": stack.config.weights,
         "env": dict(stack.config.env),
+        "postgres": stack.postgres,
     }
     write_json(stack.home / STACK_FILE, data)
+
+
+def env_file_text(config: StackConfig) -> str:
+    """Shell lines setting the stack's environment: the caller's AIRFLOW* variables unset,
+    `stack_variables` exported (but the mark of the stack's own processes), the stack's bin
+    folder first on PATH."""
+    variables = stack_variables(config)
+    bin_dir = variables.pop("PATH").split(os.pathsep, 1)[0]
+    lines = [
+        "# The environment of a running Airflow stack (devtools.stack): `source` it, then run",
+        "# `airflow ...` on that stack. Written at each start, removed at stop; mode 600: it",
+        "# holds the database password.",
+        "unset $(env | sed -n 's/^\\(AIRFLOW[A-Za-z0-9_]*\\)=.*/\\1/p')",
+        *(
+            f"export {key}={shlex.quote(value)}"
+            for key, value in sorted(variables.items())
+            if key not in _NOT_IN_ENV_FILE
+        ),
+        f'export PATH={shlex.quote(bin_dir)}:"$PATH"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_env_file(config: StackConfig) -> Path:
+    """`<home>/env` (mode 600, replaced atomically): see `env_file_text`."""
+    path = Path(config.home).resolve() / ENV_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(env_file_text(config))
+    os.replace(tmp, path)
+    return path
