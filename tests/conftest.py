@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# The session's Airflow metadata DB: defined with the harness, registered here for every module.
+# The Airflow metadata DB (one per module): defined with the harness, registered here for all.
 from tests.support.dag_harness import airflow_db  # noqa: F401
 from tests.support.emr_world import Pipeline, emr_pipeline
 

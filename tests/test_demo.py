@@ -437,6 +437,9 @@ def running_demo(tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As from a terminal: pytest may itself ignore SIGINT (a background job of a
+            # non-interactive shell), and an ignored signal stays ignored across exec.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 600
         while (step := featurize_step(lake)) is None:

@@ -3,7 +3,7 @@ EMR driven step by step, and the outputs the Spark jobs would write.
 
 `tests/conftest.py` registers the `airflow_db` fixture for every test module.
 
-- `airflow_db` (session): a throwaway AIRFLOW_HOME with a migrated SQLite DB; Airflow's ORM in
+- `airflow_db` (module): a throwaway AIRFLOW_HOME with a migrated SQLite DB; Airflow's ORM in
   this process is pointed at it, whether or not airflow was imported before.
 - `load_dag()`: the DAG file parsed now, under a unique module name, with the modules that
   read settings at import time (`fruits_pipeline.tasks`, `.backends`) imported afresh; wrap
@@ -49,9 +49,11 @@ FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"
 _modules = itertools.count()
 
 
-@pytest.fixture(scope="session")
+# One per test module: each module's DAGs declare their assets with the lake of that module, and
+# a DB shared by modules would hold one asset name with several URIs and mark it inactive.
+@pytest.fixture(scope="module")
 def airflow_db(tmp_path_factory) -> Iterator[Path]:
-    """AIRFLOW_HOME of the session: SQLite metadata DB migrated, the repo's DAGs and plugins."""
+    """AIRFLOW_HOME of the module: SQLite metadata DB migrated, the repo's DAGs and plugins."""
     home = tmp_path_factory.mktemp("airflow-home")
     env = base_env(home)
     with pytest.MonkeyPatch.context() as patch:
