@@ -23,48 +23,42 @@ class EmrBackend(ClusterBackend):
 
     def plan(self, dt: date, params: RunParams, basis: BasisPlan, run: lease.RunIdentity) -> dict:
         """Stage code, bootstrap and local weights to S3; the cluster spec and steps use them."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
         from fruits_pipeline.backends.emr import config as emr_config
 
-        client = S3Hook(aws_conn_id=self.settings.aws_conn_id, region_name=self.emr.region)
-        files = artifacts.artifact_files(
-            REPO_ROOT, params.weights if artifacts.weights_artifact_name(params.weights) else None
-        )
-        prefix = artifacts.stage_to_s3(
-            client.get_conn(), self.settings.lake, files, kms_key_id=self.emr.kms_key_id
-        )
+        staged = params.weights if artifacts.weights_artifact_name(params.weights) else None
+        prefix = self._stage(staged)
         return {
-            "job_flow_overrides": emr_config.job_flow_overrides(
-                self.emr,
-                self.settings.lake,
-                artifacts_prefix=prefix,
-                dag_id=run.dag_id,
-                run_id=run.run_id,
-                partition=dt,
-                token=run.token,
-            ),
+            "job_flow_overrides": self._job_flow(prefix, run, dt),
             "steps": emr_config.emr_steps(self.settings.lake, dt, prefix, params, run.token, basis),
         }
 
     def plan_refit(self, jobs, run: lease.RunIdentity) -> dict[str, Any]:
         """Stage the code (no weights: a refit reads features) and plan the refit's cluster."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
         from fruits_pipeline.backends.emr import config as emr_config
 
-        client = S3Hook(aws_conn_id=self.settings.aws_conn_id, region_name=self.emr.region)
-        files = artifacts.artifact_files(REPO_ROOT, None)
-        prefix = artifacts.stage_to_s3(
-            client.get_conn(), self.settings.lake, files, kms_key_id=self.emr.kms_key_id
-        )
+        prefix = self._stage(None)
         return {
-            "job_flow_overrides": emr_config.job_flow_overrides(
-                self.emr, self.settings.lake, artifacts_prefix=prefix, dag_id=run.dag_id,
-                run_id=run.run_id, partition=lease.REFIT, token=run.token,
-            ),  # fmt: skip
+            "job_flow_overrides": self._job_flow(prefix, run, lease.REFIT),
             "steps": emr_config.job_steps(jobs, prefix, lease.REFIT),
         }
+
+    def _stage(self, weights: str | None) -> str:
+        """Upload the code (and `weights`, a local file) under the lake's artifacts prefix."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        client = S3Hook(aws_conn_id=self.settings.aws_conn_id, region_name=self.emr.region)
+        files = artifacts.artifact_files(REPO_ROOT, weights)
+        return artifacts.stage_to_s3(
+            client.get_conn(), self.settings.lake, files, kms_key_id=self.emr.kms_key_id
+        )
+
+    def _job_flow(self, prefix: str, run: lease.RunIdentity, partition: date | str) -> dict:
+        from fruits_pipeline.backends.emr import config as emr_config
+
+        return emr_config.job_flow_overrides(
+            self.emr, self.settings.lake, artifacts_prefix=prefix, dag_id=run.dag_id,
+            run_id=run.run_id, partition=partition, token=run.token,
+        )  # fmt: skip
 
     def _aws(self) -> dict[str, Any]:
         return {"aws_conn_id": self.settings.aws_conn_id, "region_name": self.emr.region}
