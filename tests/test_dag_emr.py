@@ -115,8 +115,10 @@ def test_success_creates_one_cluster_runs_both_steps_publishes_and_terminates(pi
         "error_ratio": pytest.approx(1 / 6),
     }
     assert pipeline.sensor_errors == {}
-    # Both sensors deferred: their triggers polled the steps until each completed.
+    # Both sensors deferred: their triggers polled the steps until each completed; the
+    # teardown deferred too, and its trigger saw the cluster terminated.
     assert sorted(set(pipeline.trigger_polls)) == sorted(step["Id"] for step in steps)
+    assert pipeline.other_polls == [("job_flow_terminated", cluster_id)]
     assert pipeline.asset_events(run) == [
         (
             "fruits_reduced_features",

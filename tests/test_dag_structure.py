@@ -350,8 +350,11 @@ def test_step_sensors_wait_as_the_plan_says_deferred_on_emr(parsed):
         pulled = "ti.xcom_pull(task_ids='prepare_run', key='step_waits_s')"
         assert sensor.wait_s == "{{ " + pulled + f"[{index}] " + "}}"
         assert getattr(sensor, "deferrable", False) is (backend == "emr")
+    # On EMR the teardown also waits for TERMINATED in the triggerer.
+    assert getattr(dag.get_task("terminate_cluster"), "deferrable", False) is (backend == "emr")
 
 
-def test_emr_sensors_poke_when_deferrable_waits_are_off(tmp_path):
+def test_emr_waits_are_in_workers_when_deferrable_waits_are_off(tmp_path):
     _, dag = parse_dag(settings_env(tmp_path, "emr", FRUITS_DEFERRABLE_WAITS="false"))
-    assert [dag.get_task(t).deferrable for t in ("watch_featurize", "watch_pca")] == [False] * 2
+    waits = ("watch_featurize", "watch_pca", "terminate_cluster")
+    assert [dag.get_task(t).deferrable for t in waits] == [False] * 3

@@ -1,7 +1,8 @@
 """The EMR step sensors defer to the triggerer: against moto's EMR, no Airflow running.
 
 The sensor defers with `CancellingEmrStepTrigger` and the run's wait budget; the trigger's run()
-polls moto's EMR, the steps moved through moto's backend (`FakeEmr`); its events lead, through
+polls moto's EMR through aiobotocore, as the provider's trigger does, the steps moved through
+moto's backend (`FakeEmr`); its events lead, through
 `execute_complete`, to the outcomes of poke mode; a user's kill of the deferred task cancels
 the step (the trigger's `on_kill`).
 """
@@ -20,7 +21,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 
 from fruits_pipeline import waits
 from fruits_pipeline.backends.emr.sensor import DEFERRAL_GRACE_S, CancellingEmrStepSensor
-from fruits_pipeline.backends.emr.triggers import CancellingEmrStepTrigger, WaiterInThread
+from fruits_pipeline.backends.emr.triggers import CancellingEmrStepTrigger
+from tests.support.aio_moto import before_each_step_poll, moto_answers_aiobotocore
 from tests.support.dag_harness import (
     FakeEmr,
     answer_cancel_steps,
@@ -41,6 +43,7 @@ def emr(monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setattr(Step, "status", step_status_with_failure_details(Step.status))
+    moto_answers_aiobotocore(monkeypatch)
     with mock_aws():
         client = boto3.client("emr", region_name=REGION)
         cluster_id = client.run_job_flow(
@@ -81,14 +84,12 @@ def first_event(trigger: CancellingEmrStepTrigger):
 
 def moving(fake: FakeEmr, monkeypatch, polls: list[str]) -> None:
     """Each poll of the trigger first moves the cluster's steps one transition."""
-    wait = WaiterInThread.wait
 
-    async def advancing_wait(waiter, **kwargs):
-        polls.append(kwargs["StepId"])
-        fake.advance(kwargs["ClusterId"])
-        return await wait(waiter, **kwargs)
+    def advance(cluster_id: str, step_id: str) -> None:
+        polls.append(step_id)
+        fake.advance(cluster_id)
 
-    monkeypatch.setattr(WaiterInThread, "wait", advancing_wait)
+    before_each_step_poll(monkeypatch, advance)
 
 
 def test_a_running_step_defers_to_the_trigger_with_the_runs_budget(emr):
@@ -169,13 +170,7 @@ def test_a_hung_step_ends_the_wait_at_the_budget(emr, monkeypatch):
     _, cluster_id, step_id, fake = emr
     fake.advance(cluster_id)  # RUNNING, and never moves again
     polls: list[str] = []
-    wait = WaiterInThread.wait
-
-    async def counted_wait(waiter, **kwargs):
-        polls.append(kwargs["StepId"])
-        return await wait(waiter, **kwargs)
-
-    monkeypatch.setattr(WaiterInThread, "wait", counted_wait)
+    before_each_step_poll(monkeypatch, lambda cluster_id, step_id: polls.append(step_id))
 
     event = first_event(trigger(cluster_id, step_id, attempts=4))
 
@@ -210,3 +205,31 @@ def test_poke_mode_stays_available_and_sized_the_same(emr):
     watch.execute({"ti": mock.MagicMock()})
 
     assert (watch.timeout, watch.max_attempts) == (900, 30)
+
+
+def test_the_teardown_waits_in_the_triggerer_until_emr_says_terminated(emr, monkeypatch):
+    """The provider's terminate operator, deferred: TerminateJobFlows, then its trigger polls
+    (aiobotocore) until the cluster is TERMINATED; a cluster still up is not reported gone."""
+    from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
+    from airflow.providers.amazon.aws.triggers.emr import EmrTerminateJobFlowTrigger
+
+    client, cluster_id, _, fake = emr
+    still_up = EmrTerminateJobFlowTrigger(
+        job_flow_id=cluster_id, waiter_delay=0, waiter_max_attempts=2,
+        aws_conn_id=None, region_name=REGION,
+    )  # fmt: skip
+    assert first_event(still_up)["status"] == "error"
+    teardown = EmrTerminateJobFlowOperator(
+        task_id="terminate_cluster", job_flow_id=cluster_id, deferrable=True,
+        aws_conn_id=None, region_name=REGION,
+    )  # fmt: skip
+
+    with pytest.raises(TaskDeferred) as deferred:
+        teardown.execute({"ti": mock.MagicMock()})
+
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, EmrTerminateJobFlowTrigger)
+    assert first_event(trigger)["status"] == "success"
+    assert client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] == (
+        "TERMINATED"
+    )

@@ -17,7 +17,7 @@ deployment. EMR-specific ones (`FRUITS_EMR_*`) are read by `emr_config.EmrSettin
 | FRUITS_LEASE_GRACE_S | a day's lease whose run has no live cluster after this long is free | 900 |
 | FRUITS_LEASE_TTL_S | a lease expires this long after it was taken, whatever its run | 43200 |
 | FRUITS_REFIT_SCHEDULE | cron (UTC) of `fruits_pca_basis`, or `off` | 0 6 * * 0 (Sundays 06:00) |
-| FRUITS_DEFERRABLE_WAITS | EMR step sensors wait in the triggerer, or (`false`) a worker | true |
+| FRUITS_DEFERRABLE_WAITS | EMR waits (steps, termination) in the triggerer, or a worker | true |
 
 Default weights: ../shared's ImageNet weights file when it is beside the repository, else
 `imagenet` (Keras downloads them; on EMR nodes with internet access).
@@ -65,7 +65,7 @@ class PipelineSettings:
     lease_grace_s: float
     lease_ttl_s: float
     refit_schedule: str | None  # None: manual runs only
-    # EMR step sensors defer to the triggerer (waits.py, backends/emr/sensor.py); off for a
+    # EMR step sensors and termination defer to the triggerer (waits.py, backends/emr/); off for a
     # deployment without a triggerer. The local backend's sensors never defer (README, Waits).
     deferrable_waits: bool = True
 

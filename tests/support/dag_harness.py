@@ -396,16 +396,17 @@ def step_status_with_failure_details(original: property) -> property:
 
 
 def answer_cancel_steps(monkeypatch, moto_step, reason: str) -> list[tuple[str, str, dict]]:
-    """moto has no CancelSteps: answer it at the botocore boundary as EMR does, cancelling
-    `moto_step`. Returns the CancelSteps requests made, as (operation, region, parameters)."""
+    """moto has no CancelSteps: answer it at the client boundary (botocore's, and
+    aiobotocore's for a trigger) as EMR does, cancelling `moto_step`. Returns the CancelSteps
+    requests made, as (operation, region, parameters)."""
+    import aiobotocore.client
     import botocore.client
 
     requests: list[tuple[str, str, dict]] = []
     make_api_call = botocore.client.BaseClient._make_api_call
+    make_api_call_async = aiobotocore.client.AioBaseClient._make_api_call
 
-    def cancel_steps_answered(client, operation, params):
-        if operation != "CancelSteps":
-            return make_api_call(client, operation, params)
+    def answer(client, operation, params) -> dict[str, Any]:
         requests.append((operation, client.meta.region_name, params))
         moto_step.state = "CANCELLED"
         return {
@@ -414,5 +415,18 @@ def answer_cancel_steps(monkeypatch, moto_step, reason: str) -> list[tuple[str, 
             ]
         }
 
+    def cancel_steps_answered(client, operation, params):
+        if operation != "CancelSteps":
+            return make_api_call(client, operation, params)
+        return answer(client, operation, params)
+
+    async def cancel_steps_answered_async(client, operation, params):
+        if operation != "CancelSteps":
+            return await make_api_call_async(client, operation, params)
+        return answer(client, operation, params)
+
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", cancel_steps_answered)
+    monkeypatch.setattr(
+        aiobotocore.client.AioBaseClient, "_make_api_call", cancel_steps_answered_async
+    )
     return requests

@@ -25,6 +25,7 @@ from fruits_pipeline import artifacts
 from fruits_pipeline.lake import Lake
 from fruits_pipeline.lake_io import S3LakeStorage
 from fruits_pipeline.settings import REPO_ROOT
+from tests.support.aio_moto import before_each_deferred_poll, moto_answers_aiobotocore
 from tests.support.dag_harness import (
     FakeEmr,
     lease_holder,
@@ -75,6 +76,8 @@ class Pipeline:
     runs: Iterator[int] = field(default_factory=lambda: iter(range(1, 100)))
     # The step id of each poll a deferred sensor's trigger made (the sensors wait deferred).
     trigger_polls: list[str] = field(default_factory=list)
+    # (waiter, cluster id) of each poll of another deferred wait (the teardown's).
+    other_polls: list[tuple[str, str]] = field(default_factory=list)
 
     def put_uploads(self, uploads: list[tuple[str, str]]) -> None:
         for label, name in uploads:
@@ -149,7 +152,6 @@ def emr_pipeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     from moto.emr.models import Step, emr_backends
 
     from fruits_pipeline.backends.emr.sensor import CancellingEmrStepSensor
-    from fruits_pipeline.backends.emr.triggers import WaiterInThread
 
     # Fake credentials, and no setting of the environment running the tests leaks in.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -199,14 +201,16 @@ def emr_pipeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
 
         monkeypatch.setattr(CancellingEmrStepSensor, "poke", advancing_poke)
         pipeline = Pipeline(s3, storage, emr, run_job_flow_calls, sensor_errors)
-        wait = WaiterInThread.wait
+        moto_answers_aiobotocore(monkeypatch)
 
-        async def advancing_wait(waiter, **kwargs):
-            pipeline.trigger_polls.append(kwargs["StepId"])
-            emr.advance(kwargs["ClusterId"])
-            return await wait(waiter, **kwargs)
+        def polled(waiter_name: str, args: dict[str, Any]) -> None:
+            if waiter_name == "step_wait_for_terminal":
+                pipeline.trigger_polls.append(args["StepId"])
+                emr.advance(args["ClusterId"])
+            else:
+                pipeline.other_polls.append((waiter_name, args["ClusterId"]))
 
-        monkeypatch.setattr(WaiterInThread, "wait", advancing_wait)
+        before_each_deferred_poll(monkeypatch, polled)
         yield pipeline
 
 

@@ -92,7 +92,9 @@ class EmrBackend(ClusterBackend):
     def create_cluster(self, job_flow_overrides):
         from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
 
-        # emr_conn_id=None: the spec is all ours, no connection extras merged into it.
+        # emr_conn_id=None: the spec is all ours, no connection extras merged into it. Not
+        # waited for: EMR queues the steps added while the cluster starts, and the first step's
+        # (deferred) wait covers the start.
         return EmrCreateJobFlowOperator(
             task_id="create_cluster",
             job_flow_overrides=job_flow_overrides,
@@ -123,6 +125,11 @@ class EmrBackend(ClusterBackend):
     def terminate_cluster(self, cluster_id):
         from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 
+        # Deferred, the teardown also waits (in the triggerer, the provider's default 20 min)
+        # until EMR says TERMINATED: a run ends only when its cluster is gone.
         return EmrTerminateJobFlowOperator(
-            task_id="terminate_cluster", job_flow_id=cluster_id, **self._aws()
+            task_id="terminate_cluster",
+            job_flow_id=cluster_id,
+            deferrable=self.settings.deferrable_waits,
+            **self._aws(),
         )
