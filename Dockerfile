@@ -53,10 +53,11 @@ RUN set -eu; \
 
 # The project (.dockerignore keeps .env, .venv and the lake out; docker-compose.yaml mounts
 # dags/, plugins/ and spark_jobs/ over the copy, read-only, so that code edits need no rebuild).
-# The repository root and plugins/ are importable, as with `make`.
+# The repository root and plugins/ are importable, as with `make`; config/ too, for Airflow's
+# local settings (the backfill limit), as on `make airflow`'s stack.
 COPY --chown=airflow:0 . /opt/airflow/project
 COPY --chown=airflow:0 docker/spark-defaults.conf /opt/airflow/spark-conf/spark-defaults.conf
-ENV PYTHONPATH=/opt/airflow/project:/opt/airflow/project/plugins \
+ENV PYTHONPATH=/opt/airflow/project:/opt/airflow/project/plugins:/opt/airflow/project/config \
     SPARK_CONF_DIR=/opt/airflow/spark-conf \
     SPARK_LOCAL_IP=127.0.0.1 \
     TF_CPP_MIN_LOG_LEVEL=2 \

@@ -107,11 +107,9 @@ def test_environment_binds_loopback_and_ignores_the_callers_airflow(tmp_path, mo
     assert env["PYTHONPATH"].split(os.pathsep) == [
         str(REPO_ROOT),
         str(REPO_ROOT / "plugins"),
-        str(REPO_ROOT / "devtools" / "stack" / "local_settings"),
+        str(REPO_ROOT / "config"),
     ]
-    assert (
-        REPO_ROOT / "devtools" / "stack" / "local_settings" / "airflow_local_settings.py"
-    ).is_file()
+    assert (REPO_ROOT / "config" / "airflow_local_settings.py").is_file()
 
 
 def test_the_environment_needs_the_database_port(tmp_path):

@@ -315,6 +315,7 @@ def test_dockerfile_installs_java_17_and_the_pinned_requirements(dockerfile):
     assert set(pythonpath.group(1).split(":")) >= {
         "/opt/airflow/project",
         "/opt/airflow/project/plugins",
+        "/opt/airflow/project/config",  # Airflow's local settings: the backfill limit
     }
     assert "SPARK_CONF_DIR=/opt/airflow/spark-conf" in dockerfile
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fruits_pipeline import waits
+from fruits_pipeline.settings import DEFAULT_LEASE_TTL_S
 from fruits_pipeline.steps import BASIS_WAIT_S
 
 IMAGES = [0, 1, 6, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 10**9]
@@ -17,9 +18,9 @@ def test_daily_waits_grow_with_the_images_within_the_bounds(backend, fit):
     for step in (0, 1):
         series = [budget[step] for budget in budgets]
         assert series == sorted(series), f"step {step} not monotone: {series}"
-        assert all(waits.MIN_WAIT_S <= s <= waits.DEFAULT_MAX_WAIT_S for s in series)
+        assert all(waits.MIN_WAIT_S <= s <= DEFAULT_LEASE_TTL_S for s in series)
     # A huge day is capped at the bound, not left to wait for days.
-    assert budgets[-1] == [waits.DEFAULT_MAX_WAIT_S, waits.DEFAULT_MAX_WAIT_S]
+    assert budgets[-1] == [DEFAULT_LEASE_TTL_S, DEFAULT_LEASE_TTL_S]
 
 
 def test_the_featurize_budget_is_the_formula_with_the_readme_figures():
@@ -63,8 +64,8 @@ def test_refit_waits_grow_with_rows_and_days_within_the_bounds():
     for step in (0, 1):
         series = [budget[step] for budget in budgets]
         assert series == sorted(series)
-        assert all(waits.MIN_WAIT_S <= s <= waits.DEFAULT_MAX_WAIT_S for s in series)
-    assert budgets[-1] == [waits.DEFAULT_MAX_WAIT_S, waits.DEFAULT_MAX_WAIT_S]
+        assert all(waits.MIN_WAIT_S <= s <= DEFAULT_LEASE_TTL_S for s in series)
+    assert budgets[-1] == [DEFAULT_LEASE_TTL_S, DEFAULT_LEASE_TTL_S]
     # The README's reprojection of a million rows over 300 days took 369.5 s: the budget is
     # well above it.
     assert budgets[3][1] > 3 * 369.5

@@ -23,7 +23,7 @@ repository. The Spark clusters of the local backend keep their state under `<hom
 
 The CLI: `source <home>/env` (mode 600: the stack's environment, database URL included), then
 the plain `airflow ...` acts on the stack while it runs (`devtools.stack airflow ...` does the
-same). Its components and CLI load `local_settings/airflow_local_settings.py`: a backfill
+same). Its components and CLI load `config/airflow_local_settings.py`: a backfill
 created without `--max-active-runs` gets its DAG's `max_active_runs` (FRUITS_MAX_ACTIVE_RUNS),
 not Airflow's 10.
 

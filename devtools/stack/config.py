@@ -17,6 +17,7 @@ from typing import Any
 from devtools.airflow_env import REPO_PYTHONPATH, base_env
 from devtools.stack.postgres import database_url
 from fruits_pipeline.procs import HOST, read_json, write_json
+from fruits_pipeline.settings import REPO_ROOT
 
 __all__ = [
     "Stack",
@@ -43,7 +44,7 @@ STACK_ENV = "FRUITS_AIRFLOW_STACK"
 ENV_FILE = "env"
 # Holds airflow_local_settings.py, which every component and CLI command of the stack imports:
 # a backfill created without a run limit gets its DAG's (see that module).
-LOCAL_SETTINGS_DIR = Path(__file__).resolve().parent / "local_settings"
+LOCAL_SETTINGS_DIR = REPO_ROOT / "config"
 # Set for every process the stack starts but not written to the environment file: it would
 # mark the user's own commands as the stack's, for `stop` to end.
 _NOT_IN_ENV_FILE = {STACK_ENV}

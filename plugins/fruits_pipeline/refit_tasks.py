@@ -15,7 +15,7 @@ from airflow.sdk import Asset, get_current_context, task
 
 from fruits_pipeline import basis, lease, refit, steps, waits
 from fruits_pipeline.settings import PipelineSettings
-from fruits_pipeline.tasks import lease_terms, run_storage, wait_until_cluster_gone
+from fruits_pipeline.tasks import lease_terms, new_run, run_storage, wait_until_cluster_gone
 
 SETTINGS = PipelineSettings.from_env()
 PCA_BASIS = Asset(
@@ -58,8 +58,8 @@ def take_leases(window: dict[str, Any]) -> dict[str, Any]:
     params = _params()
     settings = PipelineSettings.from_env()
     storage, backend = run_storage(settings), backend_for(settings)
-    token = lease.new_run_token()
-    this_run = lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
+    this_run = new_run(context)
+    token = this_run.token
     leased = refit.take_leases(storage, settings.lake, this_run, lease_terms(settings, backend))
     try:
         moved = refit.published_days(storage, settings.lake)

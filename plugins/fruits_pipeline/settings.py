@@ -43,6 +43,8 @@ _DAILY_AT = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
 # Weekly, after the daily run (FRUITS_DAILY_AT) has long finished.
 DEFAULT_REFIT_SCHEDULE = "0 6 * * 0"
+# A lease expires this long after it was taken (FRUITS_LEASE_TTL_S), and no step waits longer.
+DEFAULT_LEASE_TTL_S = 43_200
 # What both DAGs share: no catch-up of past dates, the owning team, and no automatic retry (a
 # failed run is looked at, then cleared).
 DAG_DEFAULTS = {
@@ -83,7 +85,7 @@ class PipelineSettings:
             raise ValueError(f"FRUITS_MAX_ACTIVE_RUNS must be at least 1, got {max_active_runs}")
         idle_timeout_s = _seconds(env, "FRUITS_LOCAL_IDLE_TIMEOUT_S", "1800")
         lease_grace_s = _seconds(env, "FRUITS_LEASE_GRACE_S", "900")
-        lease_ttl_s = _seconds(env, "FRUITS_LEASE_TTL_S", "43200")
+        lease_ttl_s = _seconds(env, "FRUITS_LEASE_TTL_S", str(DEFAULT_LEASE_TTL_S))
         if lease_ttl_s <= lease_grace_s:
             raise ValueError(
                 f"FRUITS_LEASE_TTL_S ({lease_ttl_s}) must be longer than FRUITS_LEASE_GRACE_S "

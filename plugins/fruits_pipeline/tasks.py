@@ -30,6 +30,11 @@ REDUCED_FEATURES = Asset(
 )
 
 
+def new_run(context) -> lease.RunIdentity:
+    """This Airflow run with a new token: the holder of its leases, the owner of its cluster."""
+    return lease.RunIdentity(context["dag"].dag_id, context["run_id"], lease.new_run_token())
+
+
 def lease_terms(settings: PipelineSettings, backend) -> lease.LeaseTerms:
     """The terms this deployment's runs take leases by: a holder lives while its cluster does."""
     return lease.LeaseTerms(backend.run_alive, settings.lease_grace_s, settings.lease_ttl_s)
@@ -101,8 +106,8 @@ def prepare_run(run: dict[str, Any]) -> dict[str, Any]:
     storage = run_storage(settings)
     backend = backend_for(settings)
     dt = date.fromisoformat(run["partition"])
-    token = lease.new_run_token()
-    this_run = lease.RunIdentity(context["dag"].dag_id, context["run_id"], token)
+    this_run = new_run(context)
+    token = this_run.token
     held = lease.acquire(storage, settings.lake, dt, this_run, lease_terms(settings, backend))
     print(f"Holding the lease of dt={dt.isoformat()}: {held.describe()}")
     try:

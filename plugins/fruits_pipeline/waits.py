@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+from fruits_pipeline.settings import DEFAULT_LEASE_TTL_S
 from fruits_pipeline.steps import BASIS_WAIT_S
 
 # README, Performance: `spark_jobs.featurize`, steady 276.9 images/s on 4,120 photos (2 cores).
@@ -50,10 +51,9 @@ CLUSTER_START_S = {
 # Measured figures move (this machine's speed drifts by 10% within minutes, EMR's start with
 # the region's capacity): every estimate is multiplied by this.
 SAFETY_FACTOR = 3.0
-# Bounds: no step is given less than this (small days: Spark's start dominates)...
+# No step is given less than this (small days: Spark's start dominates), nor more than the
+# lease's TTL (`max_wait_s`, by default settings.DEFAULT_LEASE_TTL_S).
 MIN_WAIT_S = 900.0
-# ...nor more than the default lease TTL (settings.py, FRUITS_LEASE_TTL_S).
-DEFAULT_MAX_WAIT_S = 43_200.0
 
 
 def _bounded(estimate_s: float, max_wait_s: float, *, bounded_wait_s: float = 0.0) -> int:
@@ -72,7 +72,7 @@ def _count(name: str, value: int) -> int:
 
 
 def daily_step_waits(
-    backend: str, images: int, *, fit: bool, max_wait_s: float = DEFAULT_MAX_WAIT_S
+    backend: str, images: int, *, fit: bool, max_wait_s: float = DEFAULT_LEASE_TTL_S
 ) -> list[int]:
     """Seconds to wait for the day's featurize and PCA steps, in that order, for `images`
     uploads; `fit`: the PCA step fits the basis (it does not wait for another run's)."""
@@ -87,7 +87,7 @@ def daily_step_waits(
 
 def refit_step_waits(
     backend: str, *, fit_rows: int, moved_rows: int, moved_days: int,
-    max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    max_wait_s: float = DEFAULT_LEASE_TTL_S,
 ) -> list[int]:  # fmt: skip
     """Seconds to wait for the refit's fit (over `fit_rows` rows) and reprojection (of
     `moved_rows` rows over `moved_days` days), in that order."""

@@ -53,25 +53,18 @@ class CancellingEmrStepSensor(EmrStepSensor):
             wait_s, self.step_id, self.max_attempts, self.poke_interval,
             "in the triggerer" if self.deferrable else "in this worker",
         )  # fmt: skip
-        if not self.deferrable:
-            super().execute(context=context)
-        elif not self.poke(context):
-            self.defer(
-                trigger=self.trigger(),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=wait_s + DEFERRAL_GRACE_S),
-            )
+        super().execute(context=context)
 
-    def trigger(self) -> CancellingEmrStepTrigger:
-        return CancellingEmrStepTrigger(
-            job_flow_id=self.job_flow_id,
-            step_id=self.step_id,
-            waiter_delay=int(self.poke_interval),
-            waiter_max_attempts=self.max_attempts,
-            aws_conn_id=self.aws_conn_id,
-            region_name=self.region_name,
-            verify=self.verify,
-            botocore_config=self.botocore_config,
+    def defer(self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None):
+        """The provider's deferral, with its trigger rebuilt as one that also cancels the step
+        on kill (from what it serializes, as the triggerer rebuilds it), and a timeout that
+        outlives the trigger's last poll."""
+        _, trigger_kwargs = trigger.serialize()
+        super().defer(
+            trigger=CancellingEmrStepTrigger(**trigger_kwargs),
+            method_name=method_name,
+            kwargs=kwargs,
+            timeout=timedelta(seconds=float(self.wait_s) + DEFERRAL_GRACE_S),
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:

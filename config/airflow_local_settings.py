@@ -1,5 +1,6 @@
-"""Airflow local settings of the `make airflow` stack (on its components' and CLI's PYTHONPATH
-only, never in production): a backfill created without a run limit gets its DAG's.
+"""Airflow local settings of every deployment of this project (this folder is what Airflow
+calls `$AIRFLOW_HOME/config`, put on the PYTHONPATH of `make airflow`'s components and CLI, and
+of the compose image): a backfill created without a run limit gets its DAG's.
 
 Airflow 3.3.2 limits a backfill's runs by the backfill's own `max_active_runs` alone: the
 scheduler checks neither the DAG's `max_active_runs` nor `[core] max_active_runs_per_dag` for
